@@ -1,0 +1,19 @@
+"""posttrain: post-training for language models (SFT, preference optimization, RL), readable and measured."""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # keep `import posttrain` light: torch and transformers load on first use
+    if name in ("train", "build_method_config"):
+        from posttrain import api
+
+        return getattr(api, name)
+    if name in ("load_model", "save_model", "apply_lora"):
+        from posttrain import models
+
+        return getattr(models, name)
+    if name == "generate":
+        from posttrain.generation import generate
+
+        return generate
+    raise AttributeError(f"module 'posttrain' has no attribute {name!r}")

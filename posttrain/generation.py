@@ -1,0 +1,56 @@
+"""Text generation for the CLI, the demo and evaluation: chat template applied, batched, optionally streamed.
+
+This uses transformers' ``generate``; the RL rollout engine (KV-cache sampling with shared prompt prefill) will live in
+``posttrain/rollout/``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
+    """Token ids of a single-turn chat prompt ending with the assistant's generation prompt (or plain text when the
+    tokenizer has no chat template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0,
+             top_p: float = 1.0, batch_size: int = 16, system: str | None = None, streamer=None) -> list[str]:
+    """Completions for ``prompts`` (greedy when temperature is 0), decoded without special tokens."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs = []
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    for start in range(0, len(prompts), batch_size):
+        encoded = [chat_prompt_ids(tokenizer, p, system) for p in prompts[start : start + batch_size]]
+        width = max(map(len, encoded))
+        # left padding: every prompt ends at the same position, where generation starts
+        input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention_mask[row, width - len(ids):] = 1
+        generated = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, streamer=streamer,
+            top_k=None, **sampling,
+        )
+        outputs += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+    model.train(was_training)
+    return outputs
+
+
+def stream_one(model, tokenizer, prompt: str, max_new_tokens: int = 256, temperature: float = 0.0,
+               system: str | None = None) -> str:
+    """Generate for one prompt, printing tokens to stdout as they come."""
+    from transformers import TextStreamer
+
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    return generate(model, tokenizer, [prompt], max_new_tokens, temperature, system=system, streamer=streamer)[0]

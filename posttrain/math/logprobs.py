@@ -1,0 +1,178 @@
+"""Token log-probabilities, entropy and masked statistics.
+
+Notation (docs/notation.md): ``hidden`` is the decoder's last hidden state ``h_t`` of shape ``(N, H)``,
+``weight`` the output projection ``W`` of shape ``(V, H)``, ``targets`` the next-token ids ``y_t``.
+
+    logits_t = W h_t (+ b)
+    logp_t   = logits_t[y_t] - logsumexp(logits_t)                      (log pi(y_t | y_<t))
+    H_t      = logsumexp(logits_t) - sum_v softmax(logits_t)_v logits_t,v   (entropy, nats)
+
+A naive implementation materialises ``(B, T, V)`` logits (for SmolLM2: 8 x 256 x 49152 floats = 400 MB, and the same
+again for their gradient). Here the vocabulary projection runs over chunks of rows and only at positions that carry
+loss; the backward pass recomputes each chunk's logits instead of storing them (the Liger-kernel / "cut
+cross-entropy" idea: Wijmans et al. 2024, https://arxiv.org/abs/2411.09009).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+DEFAULT_CHUNK_SIZE = 1024
+
+
+class TokenLogps(NamedTuple):
+    logps: torch.Tensor  # log pi(y_t | y_<t), float32
+    entropy: torch.Tensor | None  # H_t in nats, when asked for
+    is_argmax: torch.Tensor  # bool: y_t is the model's most likely token
+
+
+class _ChunkedTokenLogps(torch.autograd.Function):
+    """log pi(y|h) for rows of ``hidden``, chunk by chunk, without keeping logits for backward.
+
+    Backward uses d logp_t / d logits_t = onehot(y_t) - softmax(logits_t).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size, with_entropy):
+        n = hidden.shape[0]
+        dtype = _upcast_dtype(hidden.dtype)
+        logps = hidden.new_empty(n, dtype=dtype)
+        entropy = hidden.new_empty(n, dtype=dtype) if with_entropy else hidden.new_empty(0)
+        lse_all = hidden.new_empty(n, dtype=dtype)
+        is_argmax = torch.empty(n, dtype=torch.bool, device=hidden.device)
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            logits = _upcast(_project(hidden[start:stop], weight, bias))  # (n_chunk, V)
+            lse = torch.logsumexp(logits, dim=-1)
+            lse_all[start:stop] = lse
+            logps[start:stop] = logits.gather(-1, targets[start:stop, None]).squeeze(-1) - lse
+            is_argmax[start:stop] = logits.argmax(-1) == targets[start:stop]
+            if with_entropy:
+                probs = torch.softmax(logits, dim=-1)
+                entropy[start:stop] = lse - (probs * logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_empty(0), targets, lse_all)
+        ctx.has_bias = bias is not None
+        ctx.chunk_size = chunk_size
+        ctx.mark_non_differentiable(entropy, is_argmax)
+        return logps, entropy, is_argmax
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_entropy, _grad_is_argmax):
+        hidden, weight, bias, targets, lse_all = ctx.saved_tensors
+        bias = bias if ctx.has_bias else None
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad_hidden = torch.empty_like(hidden) if need_h else None
+        acc_dtype = _upcast_dtype(weight.dtype)  # accumulate weight gradients over chunks in >= fp32
+        grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if need_w else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if need_b else None
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            stop = min(start + ctx.chunk_size, hidden.shape[0])
+            h = hidden[start:stop]
+            logits = _upcast(_project(h, weight, bias))
+            # d loss / d logits = g * (onehot - softmax), computed in place to keep one (n_chunk, V) buffer
+            grad_logits = torch.exp_(logits.sub_(lse_all[start:stop, None])).neg_()
+            grad_logits.scatter_add_(-1, targets[start:stop, None], torch.ones_like(grad_logits[:, :1]))
+            grad_logits.mul_(grad_logps[start:stop, None].to(grad_logits.dtype))
+            grad_logits = grad_logits.to(hidden.dtype)
+            if need_h:
+                grad_hidden[start:stop] = grad_logits @ weight.to(hidden.dtype)
+            if need_w:
+                grad_weight.addmm_(grad_logits.t().to(acc_dtype), h.to(acc_dtype))
+            if need_b:
+                grad_bias += grad_logits.to(acc_dtype).sum(0)
+        if need_w:
+            grad_weight = grad_weight.to(weight.dtype)
+        if need_b:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def _upcast_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics need at least fp32: bf16 logsumexp over 49k logits loses about 2 digits."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    return x.to(_upcast_dtype(x.dtype))
+
+
+def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    logits = hidden @ weight.to(hidden.dtype).t()
+    return logits + bias.to(logits.dtype) if bias is not None else logits
+
+
+def chunked_token_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    with_entropy: bool = False,
+) -> TokenLogps:
+    """Per-row log pi(y_t | h_t) (and entropy H_t) from hidden states, never holding more than one chunk of logits.
+
+    Shapes: hidden ``(N, H)``, weight ``(V, H)``, targets ``(N,)`` -> logps ``(N,)`` in >= fp32, entropy ``(N,)`` or None,
+    is_argmax ``(N,)`` bool (the target is the most likely token: token accuracy). Differentiable with respect to
+    ``hidden``, ``weight`` and ``bias``; entropy and is_argmax are metrics and carry no gradient.
+    """
+    if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
+        raise ValueError(f"expected hidden (N, H) and targets (N,), got {tuple(hidden.shape)} and {tuple(targets.shape)}")
+    logps, entropy, is_argmax = _ChunkedTokenLogps.apply(
+        hidden, weight, bias, targets.long(), int(chunk_size), with_entropy
+    )
+    return TokenLogps(logps, entropy if with_entropy else None, is_argmax)
+
+
+def shifted_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token targets: position t predicts token t+1. Returns ``(targets, mask)`` of shape ``(B, T-1)``.
+
+    ``loss_mask[b, t]`` marks tokens that carry loss (completion tokens), so the prediction at t-1 is kept.
+    """
+    return input_ids[:, 1:], loss_mask[:, 1:].bool()
+
+
+def sequence_token_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    with_entropy: bool = False,
+) -> tuple[TokenLogps, torch.Tensor]:
+    """Token log-probs of ``input_ids`` at the positions that carry loss, scattered back to ``(B, T-1)``.
+
+    hidden ``(B, T, H)`` is the decoder output for ``input_ids`` ``(B, T)``; ``loss_mask`` ``(B, T)`` marks the tokens
+    whose probability we want. Returns the per-token stats as ``(B, T-1)`` tensors (zero where masked) and the
+    shifted mask ``(B, T-1)``. Only the masked rows are projected onto the vocabulary: prompt and padding cost nothing.
+    """
+    targets, mask = shifted_targets(input_ids, loss_mask)
+    rows = hidden[:, :-1][mask]  # (N, H), N = number of loss tokens
+    stats = chunked_token_logps(rows, weight, targets[mask], bias, chunk_size, with_entropy)
+
+    def scatter(row_values: torch.Tensor | None) -> torch.Tensor | None:
+        if row_values is None:
+            return None
+        return torch.zeros(mask.shape, dtype=row_values.dtype, device=row_values.device).masked_scatter(mask, row_values)
+
+    return TokenLogps(scatter(stats.logps), scatter(stats.entropy), scatter(stats.is_argmax)), mask
+
+
+def naive_token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Reference implementation: log_softmax over full ``(..., V)`` logits, gathered at ``targets``. For tests and
+    for small inference-time uses where logits already exist."""
+    return torch.log_softmax(_upcast(logits), dim=-1).gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """sum_t m_t x_t over ``dim`` (all dims when None)."""
+    masked = values * mask.to(values.dtype)
+    return masked.sum() if dim is None else masked.sum(dim)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """sum_t m_t x_t / sum_t m_t over ``dim``; an all-masked slice gives 0 rather than NaN."""
+    count = mask.to(values.dtype).sum() if dim is None else mask.to(values.dtype).sum(dim)
+    return masked_sum(values, mask, dim) / count.clamp(min=1)

@@ -1,0 +1,157 @@
+import json
+import math
+
+import pytest
+import torch
+
+from posttrain.checkpoint import list_checkpoints
+from posttrain.engine import Engine, EngineConfig, LossOutput, NonFiniteLossError
+from posttrain.errors import ConfigError
+from posttrain.models import build_tiny_model, save_model
+from posttrain.trainers.sft import SFTLoss
+from tests.conftest import random_examples
+
+
+def make_engine(tmp_path, name="run", examples=None, model=None, method=None, callbacks=None, **overrides):
+    settings = dict(output_dir=str(tmp_path / name), max_steps=6, batch_size=4, learning_rate=1e-2,
+                    logging_steps=1, progress_bar=False, eval_on_start=False)
+    settings.update(overrides)
+    config = EngineConfig(**settings)
+    model = model or build_tiny_model(seed=0, vocab_size=256)
+    return Engine(config, model, method or SFTLoss(), examples or random_examples(32, vocab=256), None,
+                  pad_token_id=0, save_model=lambda d: save_model(model, None, d), callbacks=callbacks)
+
+
+def read_log(path):
+    return [json.loads(line) for line in (path / "log_history.jsonl").read_text().splitlines()]
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    """1 micro-batch of 8 and 8 micro-batches of 1 give the same loss and the same weights after each step."""
+    examples = random_examples(16, seed=3, vocab=256, min_len=3, max_len=30)
+    big = make_engine(tmp_path, "big", examples, batch_size=8, grad_accum_steps=1, max_steps=2)
+    small = make_engine(tmp_path, "small", examples, batch_size=1, grad_accum_steps=8, max_steps=2)
+    big.train()
+    small.train()
+    for a, b in zip(read_log(tmp_path / "big"), read_log(tmp_path / "small")):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5)
+    for (name, p), q in zip(big.model.named_parameters(), small.model.parameters()):
+        torch.testing.assert_close(p, q, atol=2e-5, rtol=1e-4, msg=name)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    reference = make_engine(tmp_path, "ref", save_steps=3)
+    reference.train()
+
+    def stop_at_4(engine, state):
+        if state["step"] == 4:
+            raise Interrupt
+
+    interrupted = make_engine(tmp_path, "resumed", save_steps=3, callbacks=[stop_at_4])
+    with pytest.raises(Interrupt):
+        interrupted.train()
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step_3"]
+
+    resumed = make_engine(tmp_path, "resumed", save_steps=3)  # fresh model: everything comes from the checkpoint
+    state = resumed.train()
+    assert state["step"] == 6
+    ref_log, res_log = read_log(tmp_path / "ref"), read_log(tmp_path / "resumed")
+    assert [r["step"] for r in res_log] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in res_log] == [r["loss"] for r in ref_log]
+    for p, q in zip(reference.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_refuses_finished_or_foreign_output_dir(tmp_path):
+    (tmp_path / "done" / "final").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="holds a finished run"):
+        make_engine(tmp_path, "done").train()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty and holds no checkpoint"):
+        make_engine(tmp_path, "other").train()
+
+
+def test_killed_checkpoint_save_leaves_the_previous_one_intact(tmp_path):
+    engine = make_engine(tmp_path, save_steps=3)
+    real_save = engine.save_model
+    calls = []
+
+    def dying_save(directory):
+        calls.append(directory)
+        real_save(directory)
+        if len(calls) == 2:
+            raise Interrupt  # like a kill after the weights were half written
+
+    engine.save_model = dying_save
+    with pytest.raises(Interrupt):
+        engine.train()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in list_checkpoints(checkpoints)] == ["step_3"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_3"]  # no half-written folder left behind
+    resumed = make_engine(tmp_path, save_steps=3)
+    assert resumed.train()["step"] == 6
+
+
+class NaNAt:
+    """SFT loss, but non-finite at the given optimizer steps."""
+
+    def __init__(self, steps):
+        self.steps, self.calls, self.inner = set(steps), 0, SFTLoss()
+
+    def count(self, batch):
+        return self.inner.count(batch)
+
+    def loss(self, model, batch):
+        self.calls += 1
+        out = self.inner.loss(model, batch)
+        if self.calls in self.steps:
+            return LossOutput(out.loss_sum * float("nan"), out.metrics)
+        return out
+
+
+def test_nonfinite_step_is_skipped_and_reported(tmp_path):
+    engine = make_engine(tmp_path, method=NaNAt({2}), max_steps=3)
+    before = {}
+
+    def snapshot(engine, state):
+        if state["step"] == 1:
+            before.update({n: p.detach().clone() for n, p in engine.model.named_parameters()})
+        if state["step"] == 2:  # the skipped step must not move the weights
+            for n, p in engine.model.named_parameters():
+                assert torch.equal(p, before[n]), n
+
+    engine.callbacks = [snapshot]
+    state = engine.train()
+    log = read_log(tmp_path / "run")
+    assert log[1].get("skipped_nonfinite_steps") == 1 and state["nonfinite_total"] == 1
+    assert math.isfinite(log[2]["loss"])
+
+
+def test_too_many_nonfinite_steps_stop_the_run(tmp_path):
+    engine = make_engine(tmp_path, method=NaNAt({2, 3, 4}), max_consecutive_nonfinite=3)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite steps in a row"):
+        engine.train()
+
+
+def test_learning_rate_schedules(tmp_path):
+    engine = make_engine(tmp_path, max_steps=10, warmup_steps=2, lr_schedule="cosine")
+    factors = [engine._lr_factor(s) for s in range(10)]
+    assert factors[0] < factors[1] < factors[2] == 1.0
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
+    engine.config.lr_schedule = "linear"
+    assert engine._lr_factor(6) == pytest.approx(0.5)
+    engine.config.lr_schedule = "constant"
+    assert engine._lr_factor(9) == 1.0
+
+
+def test_early_stopping_with_patience(tmp_path):
+    examples = random_examples(16, vocab=256)
+    engine = make_engine(tmp_path, examples=examples, max_steps=50, eval_steps=1, patience=2, learning_rate=5.0)
+    engine.eval_examples = random_examples(8, seed=9, vocab=256)  # a huge lr makes eval loss stop improving
+    state = engine.train()
+    assert state["stopped"].startswith("early stop") and state["step"] < 50
