@@ -1,5 +1,12 @@
 """Pure tensor math: log-probs, masked statistics and every loss. Imports only torch (a test enforces it)."""
 
+from posttrain.math.advantages import (
+    discounted_returns,
+    generalized_advantage_estimation,
+    group_advantages,
+    token_gae,
+    whiten,
+)
 from posttrain.math.logprobs import (
     TokenLogps,
     chunked_token_logps,
@@ -9,9 +16,28 @@ from posttrain.math.logprobs import (
     sequence_token_logps,
     shifted_targets,
 )
+from posttrain.math.policy import (
+    ClippedLoss,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    kl_estimate,
+    policy_gradient_loss,
+)
 from posttrain.math.sft import sft_nll_sum
 
 __all__ = [
+    "ClippedLoss",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "discounted_returns",
+    "entropy_from_logits",
+    "generalized_advantage_estimation",
+    "group_advantages",
+    "kl_estimate",
+    "policy_gradient_loss",
+    "token_gae",
+    "whiten",
     "TokenLogps",
     "chunked_token_logps",
     "masked_mean",

@@ -1,0 +1,77 @@
+"""Policy-gradient losses and KL estimators, per token or per step, shared by PPO/GRPO (LLM) and the Gymnasium tier.
+
+All return per-element values ``(..., T)``; how they are averaged (per sequence, per token, a constant) is the
+trainer's choice and lives in one place there.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class ClippedLoss(NamedTuple):
+    loss: torch.Tensor  # per element
+    clipped: torch.Tensor  # bool per element: the clipped branch was taken (it carries no gradient)
+    ratio: torch.Tensor
+
+
+def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+                        epsilon_low: float = 0.2, epsilon_high: float | None = None) -> ClippedLoss:
+    """PPO's clipped surrogate (Schulman et al. 2017, https://arxiv.org/abs/1707.06347), negated to a loss:
+
+        rho_t = exp(logp_t - old_logp_t)
+        L_t   = - min(rho_t A_t, clip(rho_t, 1 - eps_low, 1 + eps_high) A_t)
+
+    ``epsilon_high`` defaults to ``epsilon_low``; a larger one is DAPO's clip-higher (Yu et al. 2025).
+    """
+    epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
+    ratio = torch.exp(logps - old_logps.detach())
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * advantages
+    return ClippedLoss(-torch.min(unclipped, clipped), clipped < unclipped, ratio)
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       clip_range: float | None = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO value loss 0.5 * max((V - R)^2, (V_clip - R)^2) with V_clip = old_V + clip(V - old_V, -c, c).
+
+    Returns per-element loss and a bool of where the clipped branch was larger. ``clip_range=None``: plain MSE / 2.
+    """
+    unclipped = (values - returns) ** 2
+    if clip_range is None:
+        return 0.5 * unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    clipped = (clipped_values - returns) ** 2
+    return 0.5 * torch.max(unclipped, clipped), clipped > unclipped
+
+
+def policy_gradient_loss(logps: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """REINFORCE (Williams 1992): L_t = - A_t log pi(a_t | s_t), advantages treated as constants."""
+    return -advantages.detach() * logps
+
+
+def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token estimators of KL(pi || pi_ref) from samples of pi (Schulman 2020, http://joschu.net/blog/kl-approx.html),
+    with log r = ref_logp - logp:
+
+        k1 = -log r            (unbiased, high variance, can be negative)
+        k2 = (log r)^2 / 2     (biased, low variance)
+        k3 = (r - 1) - log r   (unbiased, low variance, always >= 0; GRPO's choice)
+    """
+    log_ratio = ref_logps - logps
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"estimator={estimator!r}: expected k1, k2 or k3")
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = - sum_a pi(a) log pi(a) over the last dimension (small action spaces; for LLM vocabularies use
+    posttrain.math.logprobs.chunked_token_logps)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
