@@ -314,7 +314,8 @@ class Engine:
             "loss": window["loss"] / n,
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": window["grad_norm"] / n,
-            "tokens_per_s": window["tokens"] / max(elapsed, 1e-9),
+            "tokens_per_s": window["tokens"] / max(elapsed, 1e-9),  # non-pad input tokens
+            "num_tokens": window["tokens"],
             **{name: value / n for name, value in window["metrics"].items()},
         }
         if window["skipped"]:
