@@ -39,6 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts for the generation check")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
+    from posttrain.gym import ALGORITHMS as GYM_ALGORITHMS  # light: gymnasium and torch load only when one runs
+
+    gym = commands.add_parser("gym", help="RL foundations on CartPole: random play to PPO and GRPO (needs the gym extra)",
+                              description="Train one algorithm of the Gymnasium learning path on CartPole-v1, headless: "
+                              "prints progress, evaluates greedily over 20 episodes, writes log_history.jsonl, "
+                              "evaluation.json and returns.png. See docs/gym.md.")
+    gym.add_argument("algorithm", choices=list(GYM_ALGORITHMS), help="the step of the learning path to run")
+    gym.add_argument("--seed", type=int, default=None, help="seed for torch, numpy and the environments (default 0)")
+    gym.add_argument("--episodes", type=int, default=None, help="training budget in episodes (default per algorithm)")
+    gym.add_argument("--render", default=None, metavar="FILE.gif", help="record one greedy episode as an animated GIF")
+    gym.add_argument("--quick", action="store_true", help="a small budget that runs in seconds (what the tests use)")
+    gym.add_argument("--output-dir", default=None, help="where the run's files go (default runs/gym/<algorithm>)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -79,6 +92,12 @@ def _run(args) -> int:
         from posttrain.demo import run_demo
 
         run_demo(args.config, args.overrides, args.eval_prompts)
+        return 0
+    if args.command == "gym":
+        from posttrain.gym import run
+
+        run(args.algorithm, quick=args.quick, seed=args.seed, episodes=args.episodes, render=args.render,
+            output_dir=args.output_dir)
         return 0
     raise AssertionError(args.command)
 

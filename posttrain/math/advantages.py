@@ -96,7 +96,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
 
 
 def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8):
-    """(x - mean) / std over the masked entries (population std); ``shift_mean=False`` only rescales."""
+    """(x - mean) / std over the masked entries (population std). ``shift_mean=False`` adds the mean back, so only the
+    spread changes (as TRL does for PPO rewards)."""
     if mask is None:
         mask = torch.ones_like(values, dtype=torch.bool)
     mask = mask.to(values.dtype)
