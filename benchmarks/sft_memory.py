@@ -1,0 +1,77 @@
+"""Where SFT memory goes: RSS and peak RSS around each optimizer step of our SFT loss on SmolLM2-135M (fp32, CPU).
+
+One step = the longest 8 of the first 64 benchmark rows (8 x 256 tokens), split into micro-batches, then clipping and
+fused AdamW. Run one configuration per process so that ``ru_maxrss`` is its own:
+
+    python benchmarks/sft_memory.py --micro-batch 8
+    python benchmarks/sft_memory.py --micro-batch 2 --gradient-checkpointing
+    python benchmarks/sft_memory.py --micro-batch 1 --gradient-checkpointing --chunk-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sft_vs_trl import benchmark_rows  # noqa: E402
+
+from posttrain.data import DataConfig, collate, load_rows, normalize_rows, tokenize_sft  # noqa: E402
+from posttrain.models import load_model  # noqa: E402
+from posttrain.models.forward import token_logps  # noqa: E402
+from posttrain.math import sft_nll_sum  # noqa: E402
+
+
+def rss_gb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 1e9
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--micro-batch", type=int, default=8, choices=[1, 2, 4, 8])
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+
+    model, tokenizer = load_model("smollm2-135m-instruct", "float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "bench.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in benchmark_rows()))
+        config = DataConfig(path=str(data), max_length=256)
+        fmt, rows = normalize_rows(load_rows(config.path), config, ("prompt_completion",))
+        examples, _ = tokenize_sft(rows[:64], fmt, tokenizer, config)
+    examples = sorted(examples, key=len)[-8:]
+    batches = [collate(examples[i : i + args.micro_batch], tokenizer.pad_token_id) for i in range(0, 8, args.micro_batch)]
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    total = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    print(f"loaded: rss {rss_gb():.2f} GB; step = {len(batches)} x {args.micro_batch} sequences, {tokens} tokens")
+    for step in range(args.steps):
+        started = time.perf_counter()
+        for batch in batches:
+            stats, mask = token_logps(model, batch, chunk_size=args.chunk_size)
+            (sft_nll_sum(stats.logps, mask) / total).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        print(f"step {step}: {time.perf_counter() - started:.1f} s, rss {rss_gb():.2f} GB, peak {peak_gb():.2f} GB",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
