@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posttrain.models.lora import is_peft_model
-from posttrain.models.saving import atomic_dir
+from posttrain.io import atomic_dir
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")

@@ -19,7 +19,7 @@ from posttrain.data.sources import load_rows
 from posttrain.data.synthetic import parse_answer
 from posttrain.generation import generate
 from posttrain.models import load_model
-from posttrain.models.saving import atomic_write_text
+from posttrain.io import atomic_write_text
 
 
 def answer_metrics(model, tokenizer, rows: list[dict], max_new_tokens: int = 40) -> dict:

@@ -29,7 +29,7 @@ from posttrain.checkpoint import list_checkpoints, load_checkpoint, save_checkpo
 from posttrain.data.batching import collate, count_real_tokens, split_micro_batches, step_batches
 from posttrain.data.tokenize import Example
 from posttrain.errors import ConfigError, PosttrainError, require
-from posttrain.models.saving import atomic_write_text
+from posttrain.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

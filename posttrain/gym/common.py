@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from posttrain.errors import ConfigError, require
+from posttrain.io import atomic_write_text
 
 Policy = Callable[[np.ndarray], int]  # observation -> action (greedy at evaluation)
 
@@ -128,7 +129,8 @@ class RunLog:
         self.config, self.algorithm = config, algorithm
         self.dir = Path(config.output_dir or Path("runs") / "gym" / algorithm)
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.json").write_text(json.dumps({"algorithm": algorithm, **asdict(config)}, indent=2) + "\n")
+        resolved = {"algorithm": algorithm, **asdict(config)}
+        atomic_write_text(self.dir / "config.json", json.dumps(resolved, indent=2) + "\n")
         self.file = open(self.dir / "log_history.jsonl", "w")
         self.returns: list[float] = []
         self.env_steps = 0
@@ -178,7 +180,8 @@ class RunLog:
             metrics["render"] = str(record_gif(self.config, act, self.config.render))
         metrics["wall_time_s"] = round(time.perf_counter() - self.start, 2)
         summary = {k: v for k, v in metrics.items() if k not in ("train_returns", "eval_returns")}
-        (self.dir / "evaluation.json").write_text(json.dumps({**summary, "eval_returns": eval_returns}, indent=2) + "\n")
+        evaluation = json.dumps({**summary, "eval_returns": eval_returns}, indent=2)
+        atomic_write_text(self.dir / "evaluation.json", evaluation + "\n")
         if self.config.verbose:
             print(f"[{self.algorithm}] evaluation over {len(eval_returns)} episodes: "
                   f"{metrics['eval_mean_return']:.1f} +- {metrics['eval_std_return']:.1f}  "

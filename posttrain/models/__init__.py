@@ -2,7 +2,7 @@
 
 from posttrain.models.loading import build_tiny_model, load_model, load_tokenizer, resolve_device, resolve_dtype
 from posttrain.models.lora import LoraSettings, adapters_disabled, apply_lora, is_peft_model
-from posttrain.models.saving import atomic_dir, atomic_write_text, save_model
+from posttrain.models.saving import save_model
 from posttrain.models.specs import BUILTIN_SPECS, EMBEDDED_DEFAULT
 
 __all__ = [
@@ -11,8 +11,6 @@ __all__ = [
     "LoraSettings",
     "adapters_disabled",
     "apply_lora",
-    "atomic_dir",
-    "atomic_write_text",
     "build_tiny_model",
     "is_peft_model",
     "load_model",

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from posttrain.errors import ModelLoadError, MissingExtraError, require
-from posttrain.models.saving import atomic_dir
+from posttrain.io import atomic_dir
 from posttrain.models.specs import BUILTIN_SPECS, EMBEDDED_DEFAULT, TOKENIZER_ASSET, embedded_cache_dir
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from posttrain.errors import ConfigError
 from posttrain.math import sft_nll_sum
 from posttrain.models import LoraSettings, apply_lora, load_model, save_model
 from posttrain.models.forward import token_logps
-from posttrain.models.saving import atomic_write_text
+from posttrain.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
