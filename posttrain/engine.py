@@ -75,6 +75,9 @@ class LossOutput:
 
 
 class Method(Protocol):
+    """What a training method gives the engine. A method may also define ``collate(examples, pad_token_id)`` (how
+    its examples become a batch; default: ``posttrain.data.batching.collate``)."""
+
     def count(self, batch: dict[str, torch.Tensor]) -> int: ...
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> LossOutput: ...
@@ -108,6 +111,7 @@ class Engine:
         self.save_model = save_model
         self.resolved_config = resolved_config or {}
         self.callbacks = callbacks or []
+        self.collate = getattr(method, "collate", collate)
         self.output_dir = Path(config.output_dir)
         self.device = next(model.parameters()).device
         self.lengths = [len(e) for e in train_examples]
@@ -174,7 +178,7 @@ class Engine:
     def _optimizer_step(self, indices: list[int]):
         """One optimizer step over the step batch ``indices``, split into micro-batches."""
         micro = [
-            self._to_device(collate([self.train_examples[i] for i in chunk], self.pad_token_id))
+            self._to_device(self.collate([self.train_examples[i] for i in chunk], self.pad_token_id))
             for chunk in split_micro_batches(indices, self.lengths, self.config.grad_accum_steps)
         ]
         total_items = sum(self.method.count(b) for b in micro)
@@ -231,7 +235,7 @@ class Engine:
         loss_sum, items, sums = 0.0, 0, {}
         for start in range(0, len(order), self.config.eval_batch_size):
             chunk = [self.eval_examples[i] for i in order[start : start + self.config.eval_batch_size]]
-            batch = self._to_device(collate(chunk, self.pad_token_id))
+            batch = self._to_device(self.collate(chunk, self.pad_token_id))
             with self._autocast():
                 out = self.method.loss(self.model, batch)
             loss_sum += float(out.loss_sum)
