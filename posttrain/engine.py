@@ -76,7 +76,9 @@ class LossOutput:
 
 class Method(Protocol):
     """What a training method gives the engine. A method may also define ``collate(examples, pad_token_id)`` (how
-    its examples become a batch; default: ``posttrain.data.batching.collate``)."""
+    its examples become a batch; default: ``posttrain.data.batching.collate``) and ``prepare_step(model,
+    micro_batches)`` (called before the step's forward passes, for quantities estimated over the whole step batch,
+    such as KTO's KL reference point, so that accumulation does not change them)."""
 
     def count(self, batch: dict[str, torch.Tensor]) -> int: ...
 
@@ -181,6 +183,9 @@ class Engine:
             self._to_device(self.collate([self.train_examples[i] for i in chunk], self.pad_token_id))
             for chunk in split_micro_batches(indices, self.lengths, self.config.grad_accum_steps)
         ]
+        if hasattr(self.method, "prepare_step"):
+            with self._autocast():
+                self.method.prepare_step(self.model, micro)
         total_items = sum(self.method.count(b) for b in micro)
         if total_items == 0:
             log.warning("step %d: no item in the step batch carries loss (all masked?); skipping", self.state["step"] + 1)
@@ -237,6 +242,8 @@ class Engine:
             chunk = [self.eval_examples[i] for i in order[start : start + self.config.eval_batch_size]]
             batch = self._to_device(self.collate(chunk, self.pad_token_id))
             with self._autocast():
+                if hasattr(self.method, "prepare_step"):
+                    self.method.prepare_step(self.model, [batch])
                 out = self.method.loss(self.model, batch)
             loss_sum += float(out.loss_sum)
             items += self.method.count(batch)

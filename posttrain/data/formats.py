@@ -46,6 +46,7 @@ class DataConfig:
     label_column: str = "label"
     max_length: int = field(default=1024, metadata={"min": 2})
     max_prompt_length: int | None = field(default=None, metadata={"min": 1})  # longer prompts keep their last tokens
+    max_completion_length: int | None = field(default=None, metadata={"min": 1})  # preference/unpaired completions
     apply_chat_template: bool | None = None  # None: when the tokenizer has a template and the data has a prompt
     completion_only_loss: bool = True  # prompt tokens carry no loss
     packing: bool = False  # concatenate examples into max_length rows (attention stays within each example)

@@ -3,40 +3,37 @@
 ``arithmetic_sft``: two-digit arithmetic and one-step word problems, answered concisely with the working and a
 fixed final sentence, ``"... The answer is N."``. The embedded model answers these verbosely and often wrongly
 (``12 + 7 = 9`` ...), so a short SFT run has something measurable to learn: the answer format, and some accuracy.
-Train and eval questions never overlap (the split is decided by the question text).
+Train and eval questions never overlap: the split is decided by the question text with the rule of
+`posttrain.tasks` (`split_of`), so no eval question of the `arithmetic` task is in the SFT train data either.
+Questions, worked answers and answer parsing come from `posttrain.tasks`, their one home.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
-import re
 from pathlib import Path
 
-_NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jade", "Kofi", "Lena"]
-_ITEMS = ["apples", "books", "coins", "marbles", "pencils", "stickers", "cards", "shells"]
-ANSWER_PATTERN = re.compile(r"The answer is (-?\d+)\.")
+from posttrain.tasks.arithmetic import (ANSWER_PATTERN, OPERATIONS, parse_answer, question, sample_operands,
+                                        worked_solution)
+from posttrain.tasks.base import split_of
+from posttrain.tasks.word_problems import one_step_story
+
+__all__ = ["ANSWER_PATTERN", "arithmetic_question", "arithmetic_sft", "main", "parse_answer", "write_jsonl"]
 
 
 def arithmetic_question(rng: random.Random) -> tuple[str, str, int]:
-    """One (prompt, completion, answer) triple."""
+    """One (prompt, completion, answer) triple: a product of 2..12, or a sum or difference of two-digit numbers,
+    asked plainly or as a one-step story."""
     kind = rng.choice(["add", "sub", "mul", "word_add", "word_sub"])
     if kind == "mul":
-        a, b = rng.randint(2, 12), rng.randint(2, 12)
-        return f"What is {a} * {b}?", f"{a} * {b} = {a * b}. The answer is {a * b}.", a * b
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
-    if kind in ("sub", "word_sub") and b > a:
-        a, b = b, a
-    op, result = ("+", a + b) if kind in ("add", "word_add") else ("-", a - b)
-    if kind.startswith("word"):
-        name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-        verb = f"gets {b} more" if op == "+" else f"gives away {b}"
-        prompt = f"{name} has {a} {item} and {verb}. How many {item} does {name} have now?"
+        op, (a, b) = "*", sample_operands(rng, "*", 2, 12)
     else:
-        prompt = f"What is {a} {op} {b}?"
-    return prompt, f"{a} {op} {b} = {result}. The answer is {result}.", result
+        op = "+" if kind.endswith("add") else "-"
+        a, b = sample_operands(rng, op, 10, 99)
+    prompt = one_step_story(rng, a, op, b) if kind.startswith("word") else question(a, op, b)
+    return prompt, worked_solution(a, op, b), OPERATIONS[op](a, b)
 
 
 def arithmetic_sft(n_train: int = 2000, n_eval: int = 200, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -47,18 +44,12 @@ def arithmetic_sft(n_train: int = 2000, n_eval: int = 200, seed: int = 0) -> tup
         if prompt in seen:
             continue
         seen.add(prompt)
-        is_eval = int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 10 == 0
+        is_eval = split_of(prompt) == "eval"
         target = evaluation if is_eval else train
         limit = n_eval if is_eval else n_train
         if len(target) < limit:
             target.append({"prompt": prompt, "completion": completion, "answer": answer})
     return train, evaluation
-
-
-def parse_answer(text: str) -> int | None:
-    """The N in the first "The answer is N." of a generation, or None."""
-    match = ANSWER_PATTERN.search(text)
-    return int(match[1]) if match else None
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:

@@ -24,9 +24,25 @@ from posttrain.math.policy import (
     kl_estimate,
     policy_gradient_loss,
 )
+from posttrain.math.preference import (
+    DPO_LOSSES,
+    PreferenceLoss,
+    dpo_loss,
+    kto_loss,
+    kto_reference_point,
+    orpo_loss,
+    simpo_loss,
+)
 from posttrain.math.sft import sft_nll_sum
 
 __all__ = [
+    "DPO_LOSSES",
+    "PreferenceLoss",
+    "dpo_loss",
+    "kto_loss",
+    "kto_reference_point",
+    "orpo_loss",
+    "simpo_loss",
     "ClippedLoss",
     "clipped_policy_loss",
     "clipped_value_loss",

@@ -10,7 +10,6 @@ Algorithm:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -21,26 +20,19 @@ import torch
 
 from posttrain.config import config_to_dict
 from posttrain.data import DataConfig, load_rows, normalize_rows, pack_examples, tokenize_sft
-from posttrain.engine import Engine, EngineConfig, LossOutput
+from posttrain.engine import Engine, LossOutput
 from posttrain.errors import ConfigError
 from posttrain.math import sft_nll_sum
-from posttrain.models import LoraSettings, apply_lora, load_model, save_model
+from posttrain.models import save_model
 from posttrain.models.forward import token_logps
-from posttrain.io import atomic_write_text
+from posttrain.trainers.common import PolicyTrainingConfig, load_policy, read_log, run_summary, write_evaluation
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SFTConfig(EngineConfig):
+class SFTConfig(PolicyTrainingConfig):
     method: Literal["sft"] = "sft"
-    model: str = "smollm2-135m-instruct"  # built-in name, local HF folder, or hub id
-    dtype: str = "auto"  # auto: fp32 weights (bf16 autocast on CUDA comes from `precision`); LoRA base: bf16 on CUDA
-    device: str = "auto"
-    quantization: Literal["none", "8bit", "4bit"] = "none"  # QLoRA: 4bit + lora.enabled
-    trust_remote_code: bool = False
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    data: DataConfig = field(default_factory=DataConfig)
     learning_rate: float = field(default=2e-5, metadata={"min": 0})
 
 
@@ -58,16 +50,7 @@ class SFTLoss:
 
 def train_sft(config: SFTConfig, callbacks=None) -> dict:
     """Run SFT end to end; returns the evaluation dict (also written to ``output_dir/evaluation.json``)."""
-    if config.quantization != "none" and not config.lora.enabled:
-        raise ConfigError("quantization=4bit/8bit trains only adapters: set lora.enabled=true (QLoRA)")
-    torch.manual_seed(config.seed)
-    dtype = "float32" if config.dtype == "auto" and not config.lora.enabled else config.dtype
-    model, tokenizer = load_model(config.model, dtype, config.device, config.quantization, config.trust_remote_code)
-    if config.lora.enabled:
-        model = apply_lora(model, config.lora, config.gradient_checkpointing)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    log.warning("model %s: %d trainable / %d parameters (%.2f%%)", config.model, trainable, total, 100 * trainable / total)
+    model, tokenizer = load_policy(config)
 
     train_examples, eval_examples = load_sft_examples(config.data, tokenizer)
     if config.data.packing:
@@ -81,9 +64,7 @@ def train_sft(config: SFTConfig, callbacks=None) -> dict:
     )
     state = engine.train()
     save_model(model, tokenizer, output_dir / "final", save_merged=config.lora.save_merged, base_spec=config.model)
-    evaluation = sft_evaluation(config, output_dir, state, trainable, total)
-    atomic_write_text(output_dir / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
-    return evaluation
+    return write_evaluation(output_dir, sft_evaluation(config, output_dir, state, model))
 
 
 def load_sft_examples(data: DataConfig, tokenizer):
@@ -102,19 +83,10 @@ def load_sft_examples(data: DataConfig, tokenizer):
     return train, eval_examples
 
 
-def sft_evaluation(config: SFTConfig, output_dir: Path, state: dict, trainable: int, total: int) -> dict:
+def sft_evaluation(config: SFTConfig, output_dir: Path, state: dict, model) -> dict:
     """evaluation.json: held-out perplexity after training, next to the step-0 baseline from log_history.jsonl."""
-    evals = [r for r in _read_log(output_dir) if "eval_loss" in r]
-    result = {
-        "method": "sft",
-        "model": config.model,
-        "final_model": str(output_dir / "final"),
-        "steps": state["step"],
-        "stopped": state["stopped"] or "completed",
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "metrics": {},
-    }
+    evals = [r for r in read_log(output_dir) if "eval_loss" in r]
+    result = run_summary(config, model, state)
     if evals:
         last, first = evals[-1], evals[0]
         result["metrics"]["perplexity"] = {"value": math.exp(last["eval_loss"]), "n_tokens": last["eval_items"],
@@ -125,8 +97,3 @@ def sft_evaluation(config: SFTConfig, output_dir: Path, state: dict, trainable: 
             result["baseline"] = {"perplexity": math.exp(first["eval_loss"]),
                                   "token_accuracy": first.get("eval_token_accuracy")}
     return result
-
-
-def _read_log(output_dir: Path) -> list[dict]:
-    path = output_dir / "log_history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []

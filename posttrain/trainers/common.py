@@ -1,0 +1,70 @@
+"""What every trainer that fine-tunes one causal LM shares: the model part of its config, loading the policy (with
+LoRA), reading its own log, and the output contract's final steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from posttrain.data import DataConfig
+from posttrain.engine import EngineConfig
+from posttrain.errors import ConfigError
+from posttrain.io import atomic_write_text
+from posttrain.models import LoraSettings, apply_lora, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyTrainingConfig(EngineConfig):
+    model: str = "smollm2-135m-instruct"  # built-in name, local HF folder, or hub id
+    dtype: str = "auto"  # auto: fp32 weights (bf16 autocast on CUDA comes from `precision`); LoRA base: bf16 on CUDA
+    device: str = "auto"
+    quantization: Literal["none", "8bit", "4bit"] = "none"  # QLoRA: 4bit + lora.enabled
+    trust_remote_code: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def load_policy(config: PolicyTrainingConfig):
+    """The model to train (+ LoRA adapters) and its tokenizer; logs the trainable share."""
+    if config.quantization != "none" and not config.lora.enabled:
+        raise ConfigError("quantization=4bit/8bit trains only adapters: set lora.enabled=true (QLoRA)")
+    torch.manual_seed(config.seed)
+    dtype = "float32" if config.dtype == "auto" and not config.lora.enabled else config.dtype
+    model, tokenizer = load_model(config.model, dtype, config.device, config.quantization, config.trust_remote_code)
+    if config.lora.enabled:
+        model = apply_lora(model, config.lora, config.gradient_checkpointing)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.warning("model %s: %d trainable / %d parameters (%.2f%%)", config.model, trainable, total, 100 * trainable / total)
+    return model, tokenizer
+
+
+def run_summary(config: PolicyTrainingConfig, model, state: dict) -> dict:
+    """The head of evaluation.json: what ran, how far, on how many parameters."""
+    return {
+        "method": config.method,
+        "model": config.model,
+        "final_model": str(Path(config.output_dir) / "final"),
+        "steps": state["step"],
+        "stopped": state["stopped"] or "completed",
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "metrics": {},
+    }
+
+
+def read_log(output_dir: Path) -> list[dict]:
+    path = Path(output_dir) / "log_history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def write_evaluation(output_dir: Path, evaluation: dict) -> dict:
+    atomic_write_text(Path(output_dir) / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
+    return evaluation

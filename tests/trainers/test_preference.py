@@ -1,0 +1,155 @@
+"""DPO family, SimPO, ORPO and KTO on the tiny model: each moves its own metric the right way; reference handling."""
+
+import json
+
+import pytest
+import torch
+
+from posttrain.api import train
+from posttrain.data import DataConfig, load_rows, normalize_rows
+from posttrain.data.preference import collate_pairs, tokenize_pairs
+from posttrain.errors import DataError
+from posttrain.models import LoraSettings, apply_lora, build_tiny_model, load_tokenizer
+from posttrain.models.forward import token_logps
+from posttrain.trainers import reference as reference_module
+from posttrain.trainers.reference import ReferencePolicy
+
+
+def pairs(n, offset=0):
+    """Concise, correct answers preferred over rambling, wrong ones."""
+    return [{"prompt": f"What is {i} + {i + 3}?", "chosen": f"The answer is {2 * i + 3}.",
+             "rejected": f"Well, let me think about it for a while. Maybe it is {2 * i + 5}, I am not sure."}
+            for i in range(offset, offset + n)]
+
+
+def config(tmp_path, train_path, eval_path, **overrides):
+    base = {
+        "method": "dpo", "model": "tiny", "output_dir": str(tmp_path / "run"), "max_steps": 25, "batch_size": 4,
+        "learning_rate": 2e-3, "lr_schedule": "constant", "logging_steps": 5, "progress_bar": False, "beta": 0.1,
+        "data": {"path": str(train_path), "eval_path": str(eval_path), "max_length": 96},
+    }
+    base.update(overrides)
+    return base
+
+
+@pytest.fixture
+def data(write_jsonl):
+    return write_jsonl("train.jsonl", pairs(16)), write_jsonl("eval.jsonl", pairs(8, offset=40))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"loss_type": "sigmoid"},
+    {"loss_type": "hinge"},
+    {"loss_type": "ipo", "beta": 0.5},
+    {"loss_type": "robust", "label_smoothing": 0.1},
+    {"loss_type": "cdpo", "label_smoothing": 0.1},
+    {"loss_type": "sigmoid", "rpo_alpha": 1.0},
+    {"method": "simpo", "beta": 2.0, "gamma": 0.5},
+    {"method": "orpo", "orpo_lambda": 1.0},
+], ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_each_variant_raises_held_out_margin(tmp_path, data, overrides):
+    evaluation = train(config(tmp_path, *data, **overrides))
+    after, before = evaluation["metrics"], evaluation["baseline"]
+    assert after["reward_margin"]["value"] > before["reward_margin"] + 0.05
+    assert after["preference_accuracy"]["value"] >= 0.9
+    log = [json.loads(line) for line in (tmp_path / "run" / "log_history.jsonl").read_text().splitlines()]
+    trained = [r for r in log if "loss" in r]
+    assert trained[-1]["loss"] < trained[0]["loss"]
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen",
+                 "logps/rejected"):
+        assert name in trained[0]
+    assert ("kl/chosen" in trained[0]) == (overrides.get("method", "dpo") == "dpo")
+
+
+def test_dpo_starts_at_ln2_with_chance_accuracy(tmp_path, data):
+    evaluation = train(config(tmp_path, *data, max_steps=1, learning_rate=0.0))
+    assert evaluation["baseline"]["loss"] == pytest.approx(0.693147, abs=1e-6)
+    assert evaluation["baseline"]["preference_accuracy"] == 0.5  # every pair a tie: pi == pi_ref
+
+
+def test_kto_separates_desirable_from_undesirable(tmp_path, data):
+    evaluation = train(config(tmp_path, *data, method="kto", learning_rate=2e-3))
+    after, before = evaluation["metrics"], evaluation["baseline"]
+    assert before["reward_gap"] == pytest.approx(0.0, abs=1e-6)
+    assert after["reward_gap"]["value"] > 0.5
+    assert after["reward_desirable"]["value"] > 0 > after["reward_undesirable"]["value"]
+
+
+def test_kto_accepts_unpaired_rows(tmp_path, write_jsonl):
+    rows = [{"prompt": p["prompt"], "completion": p[kind], "label": kind == "chosen"}
+            for p in pairs(12) for kind in ("chosen", "rejected")]
+    path = write_jsonl("unpaired.jsonl", rows)
+    evaluation = train(config(tmp_path, path, path, method="kto", max_steps=15))
+    assert evaluation["metrics"]["reward_gap"]["value"] > evaluation["baseline"]["reward_gap"]
+
+
+def test_precomputed_reference_is_cached_and_reused_without_a_reference_model(tmp_path, data, monkeypatch):
+    cache = tmp_path / "cache"
+    first = train(config(tmp_path, *data, precompute_ref_logps=True, ref_cache_dir=str(cache), max_steps=10))
+    assert len(list(cache.iterdir())) == 1
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the reference model was built or run although the cache holds its log-probs")
+
+    monkeypatch.setattr(reference_module, "compute_reference_logps", no_reference)
+    monkeypatch.setattr(reference_module, "frozen_copy", no_reference)
+    monkeypatch.setattr(ReferencePolicy, "token_logps", no_reference)
+    second = train(config(tmp_path, *data, precompute_ref_logps=True, ref_cache_dir=str(cache), max_steps=10,
+                          output_dir=str(tmp_path / "second")))
+    assert second["metrics"] == first["metrics"]  # the same numbers from the cache as from computing
+    monkeypatch.undo()
+    # and the same run without precomputing (a frozen copy as the reference) agrees too
+    live = train(config(tmp_path, *data, max_steps=10, output_dir=str(tmp_path / "live")))
+    for name, value in first["metrics"].items():
+        assert live["metrics"][name]["value"] == pytest.approx(value["value"], rel=1e-4, abs=1e-5)
+
+
+def test_lora_reference_is_the_base_model_with_adapters_off(tokenizer):
+    base = build_tiny_model(seed=3)
+    reference_logits_model = build_tiny_model(seed=3)
+    model = apply_lora(base, LoraSettings(enabled=True, r=4, dropout=0.0))
+    for name, param in model.named_parameters():  # move the adapters away from their zero init
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    rows = normalize_rows(load_rows_from(pairs(3)), DataConfig(max_length=64), ("preference",))[1]
+    examples, _ = tokenize_pairs(rows, tokenizer, DataConfig(max_length=64))
+    batch = collate_pairs(examples, tokenizer.pad_token_id)
+    reference = ReferencePolicy(model)
+    assert reference.frozen is None  # no second copy of the weights under LoRA
+    expected = token_logps(reference_logits_model, batch)[0].logps
+    assert torch.allclose(reference.token_logps(model, batch), expected, atol=1e-6)
+    assert not torch.allclose(token_logps(model, batch)[0].logps, expected, atol=1e-3)  # adapters on: different
+
+
+def load_rows_from(rows):
+    from posttrain.data.sources import Row
+
+    return [Row(r, f"row {i + 1}") for i, r in enumerate(rows)]
+
+
+def test_identical_pairs_are_skipped_and_counted(tokenizer):
+    rows = pairs(3)
+    rows[1]["rejected"] = rows[1]["chosen"]
+    examples, stats = tokenize_pairs(load_rows_from(rows), tokenizer, DataConfig(max_length=64))
+    assert len(examples) == 2 and stats.skipped_identical == 1 and stats.skipped_where == ["row 2"]
+
+
+def test_bad_preference_rows_name_the_row_and_key(tmp_path, write_jsonl):
+    rows = pairs(3)
+    rows[2]["rejected"] = "  "
+    path = write_jsonl("bad.jsonl", rows)
+    with pytest.raises(DataError, match=r"bad.jsonl:3.*'rejected' is empty"):
+        normalize_rows(load_rows(str(path)), DataConfig(), ("preference",))
+    del rows[1]["chosen"]
+    rows[2]["rejected"] = "fine"
+    path = write_jsonl("missing.jsonl", rows)
+    with pytest.raises(DataError, match=r"missing.jsonl:2.*missing column 'chosen'"):
+        normalize_rows(load_rows(str(path)), DataConfig(), ("preference",))
+
+
+def test_chosen_and_rejected_share_one_forward_pass(tokenizer):
+    examples, _ = tokenize_pairs(load_rows_from(pairs(2)), tokenizer, DataConfig(max_length=64))
+    batch = collate_pairs(examples, tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] == 4
+    assert batch["input_ids"][0].tolist()[: len(examples[0].prompt_ids)] == examples[0].prompt_ids
+    assert batch["loss_mask"][2].sum() == len(examples[0].rejected_ids)  # row 2: the first pair's rejected
