@@ -52,6 +52,13 @@ class EngineConfig:
     max_grad_norm: float = field(default=1.0, metadata={"min": 0})  # 0 disables clipping (the norm is still logged)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False
+    # Zero the gradients in place after each step instead of freeing them (None: keep them when grad_accum_steps > 1).
+    # Kept buffers are never faulted in again, and the allocator is not left with 0.5 GB (SmolLM2-135M, fp32) of freed
+    # gradient blocks that other tensors fragment. With accumulation the gradients exist during every later
+    # micro-batch anyway, so keeping them costs no peak memory; without it, freeing them lets the next forward's
+    # activations reuse their memory. A parameter that got a gradient once then counts as zero-gradient (not skipped)
+    # in a step where no loss reaches it.
+    keep_grad_buffers: bool | None = None
     logging_steps: int = field(default=10, metadata={"min": 1})
     eval_steps: int | None = field(default=None, metadata={"min": 1})  # None: evaluate at the end only
     eval_on_start: bool = True  # the step-0 evaluation is the baseline that final figures are compared with
@@ -78,7 +85,9 @@ class Method(Protocol):
     """What a training method gives the engine. A method may also define ``collate(examples, pad_token_id)`` (how
     its examples become a batch; default: ``posttrain.data.batching.collate``) and ``prepare_step(model,
     micro_batches)`` (called before the step's forward passes, for quantities estimated over the whole step batch,
-    such as KTO's KL reference point, so that accumulation does not change them)."""
+    such as KTO's KL reference point, so that accumulation does not change them). RL methods add
+    ``step_metrics()`` (per-step scalars such as generation time, logged like the loss) and ``evaluate(model)``
+    (their own held-out evaluation, e.g. task accuracy of greedy answers, instead of the loss on eval examples)."""
 
     def count(self, batch: dict[str, torch.Tensor]) -> int: ...
 
@@ -188,11 +197,16 @@ class Engine:
                 self.method.prepare_step(self.model, micro)
         total_items = sum(self.method.count(b) for b in micro)
         if total_items == 0:
-            log.warning("step %d: no item in the step batch carries loss (all masked?); skipping", self.state["step"] + 1)
-            return float("nan"), {}, 0, 0.0, True
+            log.warning("step %d: no item in the step batch carries loss (all masked or filtered); no update",
+                        self.state["step"] + 1)
+            self.state["window"]["empty"] = self.state["window"].get("empty", 0) + 1
+            metrics = self.method.step_metrics() if hasattr(self.method, "step_metrics") else {}
+            return 0.0, metrics, 0, 0.0, True
         loss_total = 0.0
         metrics: dict[str, float] = {}
         for batch in micro:
+            if self.method.count(batch) == 0:  # e.g. every row of an RL micro-batch filtered out
+                continue
             with self._autocast():
                 out = self.method.loss(self.model, batch)
             loss = out.loss_sum / total_items  # the same normaliser for every micro-batch: accumulation is exact
@@ -200,7 +214,9 @@ class Engine:
             loss_total += loss.item()
             for name, value in out.metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + float(value) / total_items
-        tokens = sum(count_real_tokens(b) for b in micro)
+        if hasattr(self.method, "step_metrics"):
+            metrics.update(self.method.step_metrics())
+        tokens = sum(count_real_tokens(b) for b in micro if "attention_mask" in b)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -226,13 +242,15 @@ class Engine:
                     "stopping. Lower learning_rate, check the data, or resume from the last checkpoint "
                     f"in {self.output_dir / 'checkpoints'}"
                 )
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self._keep_grad_buffers())
         return loss_total, metrics, tokens, grad_norm, finite
 
     # ------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Loss and metrics averaged over the whole eval set (item-weighted, like training)."""
+        if hasattr(self.method, "evaluate"):
+            return self.method.evaluate(self.model)
         was_training = self.model.training
         self.model.eval()
         lengths = [len(e) for e in self.eval_examples]
@@ -257,6 +275,8 @@ class Engine:
     def _eval_and_maybe_stop(self, state: dict) -> None:
         result = self.evaluate()
         self._log({"step": state["step"], **result})
+        if "eval_loss" not in result:  # a method's own evaluation may have no loss: no early stopping on it
+            return
         if result["eval_loss"] < state["best_eval_loss"]:
             state["best_eval_loss"], state["evals_without_improvement"] = result["eval_loss"], 0
         else:
@@ -331,6 +351,8 @@ class Engine:
         }
         if window["skipped"]:
             record["skipped_nonfinite_steps"] = window["skipped"]
+        if window.get("empty"):
+            record["empty_steps"] = window["empty"]  # steps without any item carrying loss (loss 0, no update)
         state["window"] = _empty_window()
         return record
 
@@ -381,6 +403,10 @@ class Engine:
             return torch.optim.AdamW(groups, fused=True, **kwargs)
         except (RuntimeError, TypeError, ValueError):
             return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+    def _keep_grad_buffers(self) -> bool:
+        keep = self.config.keep_grad_buffers
+        return self.config.grad_accum_steps > 1 if keep is None else keep
 
     def _lr_factor(self, step: int) -> float:
         """Linear warmup, then constant, linear decay to 0, or cosine decay to 0 (Loshchilov & Hutter 2017)."""

@@ -95,6 +95,28 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     return centered.reshape(-1)
 
 
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Kool et al. 2019; Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740): each sample's baseline is the
+    mean reward of the *other* samples of its prompt,
+
+        A_i = r_i - 1/(G-1) sum_{j != i} r_j  =  G/(G-1) (r_i - mean(r_group))
+
+    an unbiased REINFORCE baseline (it does not depend on sample i). ``rewards`` ``(N,)``: consecutive groups."""
+    if group_size < 2:
+        raise ValueError("leave-one-out needs at least 2 samples per prompt (group_size >= 2)")
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ValueError(f"expected (N,) rewards with N a multiple of group_size={group_size}, got {tuple(rewards.shape)}")
+    groups = rewards.view(-1, group_size)
+    others_mean = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others_mean).reshape(-1)
+
+
+def moving_average(previous: float | None, value: float, decay: float) -> float:
+    """Exponential moving average b <- decay * b + (1 - decay) * value (the first value initialises it): the
+    REINFORCE baseline of Williams (1992), tracking the mean reward."""
+    return value if previous is None else decay * previous + (1.0 - decay) * value
+
+
 def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8):
     """(x - mean) / std over the masked entries (population std). ``shift_mean=False`` adds the mean back, so only the
     spread changes (as TRL does for PPO rewards)."""

@@ -52,6 +52,38 @@ def policy_gradient_loss(logps: torch.Tensor, advantages: torch.Tensor) -> torch
     return -advantages.detach() * logps
 
 
+LOSS_AGGREGATIONS = ("grpo", "token", "dr_grpo")
+
+
+def aggregated_loss_sum(token_losses: torch.Tensor, mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """The numerator of a sequence batch's loss; the engine divides it by ``loss_normaliser`` summed over the whole
+    optimizer step, so accumulation and batch splitting do not change the loss.
+
+        grpo     sum_i (1/|o_i|) sum_t l_it       / N          per-sequence mean, then mean (Shao et al. 2024)
+        token    sum_i sum_t l_it                 / sum_i |o_i| mean over all tokens of the step (DAPO, Yu et al. 2025)
+        dr_grpo  sum_i sum_t l_it                 / (N L)       constant divisor, L = max completion length
+                                                                (Dr. GRPO, Liu et al. 2025: no length bias)
+    ``token_losses``, ``mask``: ``(N, T)``.
+    """
+    mask = mask.to(token_losses.dtype)
+    if aggregation == "grpo":
+        return ((token_losses * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum()
+    if aggregation in ("token", "dr_grpo"):
+        return (token_losses * mask).sum()
+    raise ValueError(f"aggregation={aggregation!r}: expected one of {', '.join(LOSS_AGGREGATIONS)}")
+
+
+def loss_normaliser(mask: torch.Tensor, aggregation: str, max_completion_length: int) -> int:
+    """The item count that ``aggregated_loss_sum`` is divided by (see there): sequences, tokens, or sequences x L."""
+    if aggregation == "grpo":
+        return int(mask.shape[0])
+    if aggregation == "token":
+        return int(mask.sum())
+    if aggregation == "dr_grpo":
+        return int(mask.shape[0]) * max_completion_length
+    raise ValueError(f"aggregation={aggregation!r}: expected one of {', '.join(LOSS_AGGREGATIONS)}")
+
+
 def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
     """Per-token estimators of KL(pi || pi_ref) from samples of pi (Schulman 2020, http://joschu.net/blog/kl-approx.html),
     with log r = ref_logp - logp:
