@@ -1,0 +1,224 @@
+"""Incremental decoders: prefill prompts once, then one token per row per step, with a KV cache.
+
+Two implementations share one small interface, used by ``posttrain.rollout.sampling``:
+
+- ``prefill(prompts, group_size) -> logits (P * G, V)``: run each prompt (a list of token ids) once and give its cache
+  to its ``G`` rows (rows of a group are contiguous);
+- ``step(tokens (B,)) -> logits (B, V)``: append one token per active row;
+- ``reorder(order)``: keep only the listed rows, row ``j`` becoming old row ``order[j]`` (finished rows are dropped
+  so they stop costing compute).
+
+``LlamaDecoder`` is the fast path for Llama-architecture models (SmolLM2, Llama 2/3, TinyLlama...): a lean loop over the
+Hugging Face module's own submodules (so LoRA layers and ``adapters_disabled`` apply, and weights updated by training
+are used as they are) with a KV cache allocated once. ``HFDecoder`` works with any causal LM through its ``forward`` and
+``past_key_values``; it is slower (transformers' per-step mask building and growing cache) but general.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from posttrain.models.forward import causal_lm
+from posttrain.rollout.packed import fused_linear, mlp_function, single_linear
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids (P, T), pad_lengths (P,))``: prompts right-aligned so that generation starts at one column."""
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+    pads = torch.tensor([width - len(p) for p in prompts], dtype=torch.long)
+    return ids.to(device), pads.to(device)
+
+
+def supports_llama_path(model) -> bool:
+    """True for Llama-style decoders that ``LlamaDecoder`` reproduces exactly: the module names it calls exist and the
+    architecture adds nothing it skips (no sliding window, no q/k norms, plain RoPE module)."""
+    lm = causal_lm(model)
+    config = lm.config
+    inner = getattr(lm, "model", None)
+    if config.model_type not in ("llama", "mistral", "qwen2") or inner is None or not hasattr(inner, "rotary_emb"):
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    attn = inner.layers[0].self_attn
+    return all(hasattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")) and not hasattr(attn, "q_norm")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def common_prefix_length(prompts: list[list[int]]) -> int:
+    """Tokens all prompts start with, leaving each at least one token of its own (its last position gives logits)."""
+    shortest = min(map(len, prompts))
+    for index, token in enumerate(prompts[0][: shortest - 1]):
+        if any(p[index] != token for p in prompts):
+            return index
+    return shortest - 1
+
+
+class LlamaDecoder:
+    """Llama decoding over a KV cache allocated once: ``(layers, 2, rows, kv_heads, max_len, head_dim)``.
+
+    Row ``b`` keeps its tokens in slots ``0 .. n_b - 1`` (prompt, then completion) and its RoPE position is its slot,
+    so no padding sits inside a row and a decode step writes each row at its own slot ``n_b``. Prefill is shared at two
+    levels: the prefix that all prompts of the batch start with (a chat template's system prompt) runs once and is
+    copied to every row, and each prompt's remaining tokens run once for its whole group.
+
+    Grouped-query attention runs without copying K/V: the ``n_rep`` query heads that share a KV head are laid out as
+    ``n_rep`` times more query rows against that head.
+    """
+
+    def __init__(self, model, max_rows: int, max_len: int):
+        lm = causal_lm(model)
+        self.inner = lm.model
+        config = lm.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.n_rep = self.heads // self.kv_heads
+        self.device = self.inner.embed_tokens.weight.device
+        # zeros, not empty: masked slots still enter attention as 0 * value, and uninitialised memory can hold NaN
+        self.cache = torch.zeros(len(self.inner.layers), 2, max_rows, self.kv_heads, max_len, self.head_dim,
+                                 device=self.device, dtype=self.inner.embed_tokens.weight.dtype)
+        self.lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)  # n_b: filled slots per row
+        self.rows = 0
+        attns = [layer.self_attn for layer in self.inner.layers]
+        self.qkv = [fused_linear([a.q_proj, a.k_proj, a.v_proj], max_rows) for a in attns]
+        self.out_proj = [single_linear(a.o_proj, max_rows) for a in attns]
+        self.mlp = [mlp_function(layer.mlp, max_rows) for layer in self.inner.layers]
+        self.head = single_linear(lm.lm_head, max_rows)
+
+    def prefill(self, prompts: list[list[int]], group_size: int) -> torch.Tensor:
+        self.rows = len(prompts) * group_size
+        shared = common_prefix_length(prompts)
+        if shared:
+            ids = torch.tensor([prompts[0][:shared]], device=self.device)
+            self._forward(ids, 0, self._causal_mask(1, 0, shared), fanout=self.rows)
+        width = max(map(len, prompts)) - shared
+        ids = torch.tensor([p[shared:] + [0] * (width - len(p) + shared) for p in prompts], device=self.device)
+        hidden = self._forward(ids, shared, self._causal_mask(len(prompts), shared, width), fanout=group_size)
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        last = hidden[torch.arange(len(prompts), device=self.device), lengths - shared - 1]  # (P, H)
+        self.lengths[: self.rows] = lengths.repeat_interleave(group_size)
+        return self.head(self.inner.norm(last)).repeat_interleave(group_size, dim=0)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        slots = self.lengths[: self.rows]
+        span = int(slots.max()) + 1
+        mask = torch.arange(span, device=self.device)[None, None, None, :] <= slots[:, None, None, None]
+        hidden = self._forward(tokens[:, None], slots[:, None], mask, slots=slots)
+        self.lengths[: self.rows] += 1
+        return self.head(self.inner.norm(hidden[:, -1]))
+
+    def reorder(self, order: torch.Tensor) -> None:
+        """Keep rows ``order`` in that order. Only rows whose place changes are copied (the sampler moves surviving
+        rows from the end into the holes finished rows leave, so that is one copy per finished row at most)."""
+        moved = order != torch.arange(len(order), device=order.device)
+        if moved.any():
+            dest, src = moved.nonzero().squeeze(1), order[moved]
+            span = int(self.lengths[: self.rows].max())
+            self.cache[:, :, dest, :, :span] = self.cache[:, :, src, :, :span]
+            self.lengths[dest] = self.lengths[src]
+        self.rows = len(order)
+
+    def _causal_mask(self, rows: int, start: int, width: int) -> torch.Tensor:
+        """``(rows, 1, width, start + width)``: query ``start + i`` sees slots up to its own."""
+        query = torch.arange(start, start + width, device=self.device)[:, None]
+        return (torch.arange(start + width, device=self.device)[None, :] <= query).expand(rows, 1, width, -1)
+
+    def _forward(self, input_ids, positions, mask, fanout: int = 1, slots: torch.Tensor | None = None):
+        """Decoder layers on ``input_ids (R, T)`` at RoPE ``positions`` (an int: the slot of the first column, the same
+        for every row; or ``(R, T)``); ``mask (R, 1, T, S)``. Keys and values go to slots ``positions ..`` of
+        ``fanout`` consecutive cache rows per input row, or (one new token per row) to each row's slot in ``slots``."""
+        batch, width = input_ids.shape
+        start = positions if isinstance(positions, int) else 0
+        if isinstance(positions, int):
+            positions = torch.arange(start, start + width, device=self.device).expand(batch, -1)
+        span = mask.shape[-1]
+        x = self.inner.embed_tokens(input_ids)
+        cos, sin = self.inner.rotary_emb(x, positions)
+        cos, sin = cos[:, None], sin[:, None]  # (R, 1, T, D), broadcast over heads
+        if width > 1:  # the n_rep query heads of a KV head become n_rep * T query rows; one mask row each
+            mask = mask.unsqueeze(2).expand(-1, -1, self.n_rep, -1, -1).reshape(batch, 1, self.n_rep * width, span)
+        row_index = torch.arange(batch, device=self.device)
+        for index, layer in enumerate(self.inner.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q, k, v = self.qkv[index](h)
+            q = q.reshape(batch, width, self.heads, self.head_dim).transpose(1, 2)
+            k = k.reshape(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.reshape(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            cache = self.cache[index, :, : batch * fanout]
+            if slots is not None:  # (2, B, kv, S, D)[:, b, :, slots[b]] = (B, kv, D)
+                cache[0, row_index, :, slots] = k[:, :, 0]
+                cache[1, row_index, :, slots] = v[:, :, 0]
+            else:  # one input row's keys go to its ``fanout`` cache rows at once
+                grouped = cache.view(2, batch, fanout, self.kv_heads, -1, self.head_dim)
+                grouped[0, :, :, :, start : start + width] = k[:, None]
+                grouped[1, :, :, :, start : start + width] = v[:, None]
+                cache = grouped[:, :, 0]
+            q = q.reshape(batch, self.kv_heads, self.n_rep * width, self.head_dim)
+            out = F.scaled_dot_product_attention(q, cache[0, :, :, :span], cache[1, :, :, :span], attn_mask=mask,
+                                                 scale=attn.scaling)
+            out = out.reshape(batch, self.heads, width, self.head_dim).transpose(1, 2).reshape(batch, width, -1)
+            x = x + self.out_proj[index](out)
+            x = x + self.mlp[index](layer.post_attention_layernorm(x))
+        return x
+
+
+class HFDecoder:
+    """Any causal LM through ``model(input_ids, attention_mask, position_ids, past_key_values)``."""
+
+    def __init__(self, model, max_rows: int, max_len: int):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.keep_last = "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters
+
+    def _call(self, input_ids, position_ids, past=None):
+        extra = {"logits_to_keep": 1} if self.keep_last else {}
+        out = self.model(input_ids=input_ids, attention_mask=self.attention_mask, position_ids=position_ids,
+                         past_key_values=past, use_cache=True, **extra)
+        self.past = out.past_key_values
+        return out.logits[:, -1]
+
+    def prefill(self, prompts: list[list[int]], group_size: int) -> torch.Tensor:
+        input_ids, pad_lengths = left_pad(prompts, 0, self.device)
+        width = input_ids.shape[1]
+        self.attention_mask = (torch.arange(width, device=self.device)[None, :] >= pad_lengths[:, None]).long()
+        position_ids = (self.attention_mask.cumsum(-1) - 1).clamp_min(0)
+        logits = self._call(input_ids, position_ids)
+        expand = torch.arange(len(input_ids), device=self.device).repeat_interleave(group_size)
+        self.past.reorder_cache(expand)
+        self.attention_mask = self.attention_mask[expand]
+        self.positions = (width - pad_lengths).repeat_interleave(group_size)
+        return logits[expand]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.attention_mask = F.pad(self.attention_mask, (0, 1), value=1)
+        logits = self._call(tokens[:, None], self.positions[:, None], self.past)
+        self.positions = self.positions + 1
+        return logits
+
+    def reorder(self, order: torch.Tensor) -> None:
+        self.past.reorder_cache(order)
+        self.attention_mask, self.positions = self.attention_mask[order], self.positions[order]
+
+
+def make_decoder(model, max_rows: int, max_len: int, backend: str = "auto"):
+    """``backend``: ``auto`` (the Llama fast path when the architecture allows, else the generic one), ``llama``,
+    or ``hf``."""
+    if backend not in ("auto", "llama", "hf"):
+        raise ValueError(f"unknown rollout backend {backend!r}: expected auto, llama or hf")
+    if backend == "llama" or (backend == "auto" and supports_llama_path(model)):
+        if not supports_llama_path(model):
+            raise ValueError(f"{type(causal_lm(model)).__name__} is not a Llama-style model; use backend='hf'")
+        return LlamaDecoder(model, max_rows, max_len)
+    return HFDecoder(model, max_rows, max_len)
