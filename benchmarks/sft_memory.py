@@ -1,11 +1,13 @@
 """Where SFT memory goes: RSS and peak RSS around each optimizer step of our SFT loss on SmolLM2-135M (fp32, CPU).
 
 One step = the longest 8 of the first 64 benchmark rows (8 x 256 tokens), split into micro-batches, then clipping and
-fused AdamW. Run one configuration per process so that ``ru_maxrss`` is its own:
+fused AdamW, then zeroing the gradients as the engine does (``--free-grads``: set them to None instead, the engine's
+``keep_grad_buffers: false``). Run one configuration per process so that ``ru_maxrss`` is its own. Memory is in GiB
+(2**30 bytes), as in ``sft_vs_trl.py``:
 
     python benchmarks/sft_memory.py --micro-batch 8
     python benchmarks/sft_memory.py --micro-batch 2 --gradient-checkpointing
-    python benchmarks/sft_memory.py --micro-batch 1 --gradient-checkpointing --chunk-size 256
+    python benchmarks/sft_memory.py --micro-batch 1 --gradient-checkpointing      (the memory-lean configuration)
 """
 
 from __future__ import annotations
@@ -27,22 +29,24 @@ from posttrain.data import DataConfig, collate, load_rows, normalize_rows, token
 from posttrain.models import load_model  # noqa: E402
 from posttrain.models.forward import token_logps  # noqa: E402
 from posttrain.math import sft_nll_sum  # noqa: E402
+from posttrain.math.logprobs import DEFAULT_CHUNK_SIZE  # noqa: E402
 
 
-def rss_gb() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 1e9
+def rss_gib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**30
 
 
-def peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: KiB
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--micro-batch", type=int, default=8, choices=[1, 2, 4, 8])
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--free-grads", action="store_true", help="zero_grad(set_to_none=True) after each step")
     args = parser.parse_args()
 
     model, tokenizer = load_model("smollm2-135m-instruct", "float32")
@@ -60,7 +64,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     total = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    print(f"loaded: rss {rss_gb():.2f} GB; step = {len(batches)} x {args.micro_batch} sequences, {tokens} tokens")
+    print(f"loaded: rss {rss_gib():.2f} GiB; step = {len(batches)} x {args.micro_batch} sequences, {tokens} tokens")
     for step in range(args.steps):
         started = time.perf_counter()
         for batch in batches:
@@ -68,8 +72,8 @@ def main() -> None:
             (sft_nll_sum(stats.logps, mask) / total).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        print(f"step {step}: {time.perf_counter() - started:.1f} s, rss {rss_gb():.2f} GB, peak {peak_gb():.2f} GB",
+        optimizer.zero_grad(set_to_none=args.free_grads)
+        print(f"step {step}: {time.perf_counter() - started:.1f} s, rss {rss_gib():.2f} GiB, peak {peak_gib():.2f} GiB",
               flush=True)
 
 

@@ -40,7 +40,7 @@ def benchmark_rows(n: int = 400, seed: int = 0) -> list[dict]:
     return rows
 
 
-def run_ours(data: Path, steps: int, out_dir: Path, micro_batches: int = 1) -> dict:
+def run_ours(data: Path, steps: int, out_dir: Path, micro_batches: int = 1, checkpointing: bool = False) -> dict:
     import torch
 
     from posttrain.api import build_method_config
@@ -52,7 +52,7 @@ def run_ours(data: Path, steps: int, out_dir: Path, micro_batches: int = 1) -> d
     train_function, config = build_method_config({
         "method": "sft", "model": "smollm2-135m-instruct", "dtype": "float32", "precision": "fp32",
         "output_dir": str(out_dir), "max_steps": steps, "batch_size": BATCH // micro_batches,
-        "grad_accum_steps": micro_batches, "learning_rate": LR,
+        "grad_accum_steps": micro_batches, "gradient_checkpointing": checkpointing, "learning_rate": LR,
         "lr_schedule": "constant", "logging_steps": 1, "eval_on_start": False, "progress_bar": False,
         "max_grad_norm": 1.0, "data": {"path": str(data), "max_length": MAX_LENGTH},
     })
@@ -121,8 +121,11 @@ def worker(which: str, data: Path, steps: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if which == "trl":
             result = run_trl(data, steps, Path(tmp) / "run")
-        else:  # "ours" or "ours-mbK": the batch of 8 as K micro-batches of 8/K (exact accumulation, same step)
-            result = run_ours(data, steps, Path(tmp) / "run", int(which[7:]) if "-mb" in which else 1)
+        else:  # "ours", "ours-mbK", "ours-mbK-gc": the batch of 8 as K micro-batches of 8/K (exact accumulation,
+            # same step), "-gc" with gradient checkpointing
+            parts = which.split("-")
+            micro = next((int(p[2:]) for p in parts if p.startswith("mb")), 1)
+            result = run_ours(data, steps, Path(tmp) / "run", micro, "gc" in parts)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result.update(
         tokens_per_s=result["tokens"] / result["seconds"],
@@ -140,7 +143,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", help="internal: run one configuration in this process")
     parser.add_argument("--variants", default="ours,ours-mb4,trl",
-                        help="comma-separated: ours (one micro-batch of 8), ours-mbK (K micro-batches of 8/K), trl")
+                        help="comma-separated: ours (one micro-batch of 8), ours-mbK (K micro-batches of 8/K), "
+                             "ours-mbK-gc (the same with gradient checkpointing), trl")
     parser.add_argument("--data")
     args = parser.parse_args()
     if args.worker:
@@ -161,7 +165,7 @@ def main() -> None:
                     sys.exit(f"{which} run failed:\n{proc.stderr[-4000:]}")
                 result = json.loads(lines[-1][7:])
                 results[which].append(result)
-                print(f"repeat {repeat + 1} {which:>8}: {result['tokens_per_s']:.1f} tok/s, "
+                print(f"repeat {repeat + 1} {which:>11}: {result['tokens_per_s']:.1f} tok/s, "
                       f"peak RSS {result['peak_rss_gb']:.2f} GB, first loss {result['first_loss']:.5f}, "
                       f"sys {result['system_s']:.1f} s, minor faults {result['minor_faults']}", flush=True)
 
@@ -170,9 +174,9 @@ def main() -> None:
 
     print(f"\nmedians over {args.repeats} runs each, {args.steps} steps (steps 2..{args.steps} timed), batch {BATCH}, "
           f"max length {MAX_LENGTH}, fp32, {os.cpu_count()} CPUs")
-    print(f"{'':>9}{'tok/s':>10}{'peak RSS GB':>14}{'first loss':>12}{'sys s':>8}{'minor faults':>14}")
+    print(f"{'':>12}{'tok/s':>10}{'peak RSS GB':>14}{'first loss':>12}{'sys s':>8}{'minor faults':>14}")
     for which in variants:
-        print(f"{which:>9}{median(which, 'tokens_per_s'):>10.1f}{median(which, 'peak_rss_gb'):>14.2f}"
+        print(f"{which:>12}{median(which, 'tokens_per_s'):>10.1f}{median(which, 'peak_rss_gb'):>14.2f}"
               f"{median(which, 'first_loss'):>12.5f}{median(which, 'system_s'):>8.1f}{median(which, 'minor_faults'):>14.0f}")
     for which in (v for v in variants if v != "trl"):
         speedup = median(which, "tokens_per_s") / median("trl", "tokens_per_s")

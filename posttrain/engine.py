@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +53,11 @@ class EngineConfig:
     max_grad_norm: float = field(default=1.0, metadata={"min": 0})  # 0 disables clipping (the norm is still logged)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False
-    # Zero the gradients in place after each step instead of freeing them (None: keep them when grad_accum_steps > 1).
-    # Kept buffers are never faulted in again, and the allocator is not left with 0.5 GB (SmolLM2-135M, fp32) of freed
-    # gradient blocks that other tensors fragment. With accumulation the gradients exist during every later
-    # micro-batch anyway, so keeping them costs no peak memory; without it, freeing them lets the next forward's
-    # activations reuse their memory. A parameter that got a gradient once then counts as zero-gradient (not skipped)
-    # in a step where no loss reaches it.
+    # Zero gradients in place after each step instead of freeing them; None: keep them when grad_accum_steps > 1.
+    # Kept buffers are not faulted in again each step, and do not leave 0.5 GB (SmolLM2-135M fp32) of freed blocks
+    # for activations to fragment. With accumulation the gradients are alive in every later micro-batch anyway, so
+    # keeping them adds no peak; without it, freeing them lets the next forward's activations reuse that memory.
+    # A kept gradient counts as zero (not skipped by AdamW) in a step where no loss reaches its parameter.
     keep_grad_buffers: bool | None = None
     logging_steps: int = field(default=10, metadata={"min": 1})
     eval_steps: int | None = field(default=None, metadata={"min": 1})  # None: evaluate at the end only
@@ -302,6 +302,7 @@ class Engine:
         checkpoints = list_checkpoints(out / "checkpoints")
         finished = (out / "final").exists()
         if self.config.overwrite_output_dir:
+            clear_run_outputs(out)
             return None
         if finished:
             raise ConfigError(
@@ -440,6 +441,20 @@ class Engine:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+RUN_OUTPUTS = ("log_history.jsonl", "samples.jsonl", "ppo_metrics.jsonl", "evaluation.json", "checkpoints", "final",
+               "tensorboard")
+
+
+def clear_run_outputs(output_dir: Path) -> None:
+    """Remove a previous run's outputs (only the names of the output contract, never anything else in the folder)."""
+    for name in RUN_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _empty_window() -> dict:

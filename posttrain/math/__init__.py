@@ -27,10 +27,12 @@ from posttrain.math.policy import (
 from posttrain.math.preference import (
     DPO_LOSSES,
     PreferenceLoss,
+    bradley_terry_loss,
     dpo_loss,
     kto_loss,
     kto_reference_point,
     orpo_loss,
+    reward_centering_penalty,
     simpo_loss,
 )
 from posttrain.math.sft import sft_nll_sum
@@ -38,10 +40,12 @@ from posttrain.math.sft import sft_nll_sum
 __all__ = [
     "DPO_LOSSES",
     "PreferenceLoss",
+    "bradley_terry_loss",
     "dpo_loss",
     "kto_loss",
     "kto_reference_point",
     "orpo_loss",
+    "reward_centering_penalty",
     "simpo_loss",
     "ClippedLoss",
     "clipped_policy_loss",

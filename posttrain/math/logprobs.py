@@ -11,6 +11,11 @@ A naive implementation materialises ``(B, T, V)`` logits (for SmolLM2: 8 x 256 x
 again for their gradient). Here the vocabulary projection runs over chunks of rows and only at positions that carry
 loss; the backward pass recomputes each chunk's logits instead of storing them (the Liger-kernel / "cut
 cross-entropy" idea: Wijmans et al. 2024, https://arxiv.org/abs/2411.09009).
+
+Training can also ask for the weight gradient to be added straight into ``weight.grad`` (``accumulate_grad_in_place``)
+instead of being returned to autograd. For a full-vocabulary head that saves a ``(V, H)`` temporary (113 MB for
+SmolLM2), and for a head tied to the input embedding it saves two: autograd would otherwise hold the head's gradient
+until the embedding's backward, at the very end of the pass, and only then sum the two into ``.grad``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from typing import NamedTuple
 
 import torch
 
-DEFAULT_CHUNK_SIZE = 1024
+# Rows per logits chunk: 256 x 49152 fp32 logits are 50 MB. Larger chunks are no faster on CPU (the matmuls are already
+# large), and with gradient checkpointing the chunk is one of the largest transient buffers of a training step.
+DEFAULT_CHUNK_SIZE = 256
 
 
 class TokenLogps(NamedTuple):
@@ -35,7 +42,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size, with_entropy):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size, with_entropy, accumulate_grad_in_place):
         n = hidden.shape[0]
         dtype = _upcast_dtype(hidden.dtype)
         logps = hidden.new_empty(n, dtype=dtype)
@@ -45,16 +52,22 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
             logits = _upcast(_project(hidden[start:stop], weight, bias))  # (n_chunk, V)
-            lse = torch.logsumexp(logits, dim=-1)
-            lse_all[start:stop] = lse
-            logps[start:stop] = logits.gather(-1, targets[start:stop, None]).squeeze(-1) - lse
+            target_logits = logits.gather(-1, targets[start:stop, None]).squeeze(-1)
             is_argmax[start:stop] = logits.argmax(-1) == targets[start:stop]
             if with_entropy:
+                lse = torch.logsumexp(logits, dim=-1)
                 probs = torch.softmax(logits, dim=-1)
                 entropy[start:stop] = lse - (probs * logits).sum(-1)
+            else:
+                lse = _logsumexp_(logits)  # logits are not needed after this
+            lse_all[start:stop] = lse
+            logps[start:stop] = target_logits - lse
         ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_empty(0), targets, lse_all)
         ctx.has_bias = bias is not None
         ctx.chunk_size = chunk_size
+        # Only a leaf parameter in its accumulation dtype can take its gradient in place (see the module docstring).
+        in_place = accumulate_grad_in_place and weight.is_leaf and weight.dtype == _upcast_dtype(weight.dtype)
+        ctx.grad_owner = weight if in_place else None
         ctx.mark_non_differentiable(entropy, is_argmax)
         return logps, entropy, is_argmax
 
@@ -65,7 +78,10 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         grad_hidden = torch.empty_like(hidden) if need_h else None
         acc_dtype = _upcast_dtype(weight.dtype)  # accumulate weight gradients over chunks in >= fp32
-        grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if need_w else None
+        if need_w and ctx.grad_owner is not None:
+            grad_weight = grad_buffer(ctx.grad_owner)  # added into .grad directly; autograd gets None below
+        else:
+            grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if need_w else None
         grad_bias = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if need_b else None
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             stop = min(start + ctx.chunk_size, hidden.shape[0])
@@ -83,15 +99,30 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             if need_b:
                 grad_bias += grad_logits.to(acc_dtype).sum(0)
         if need_w:
-            grad_weight = grad_weight.to(weight.dtype)
+            grad_weight = None if ctx.grad_owner is not None else grad_weight.to(weight.dtype)
         if need_b:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+
+def grad_buffer(param: torch.Tensor) -> torch.Tensor:
+    """``param.grad``, created as zeros on first use, for backward functions that add their gradient into it in place
+    (what autograd's own accumulation would do, without the full-size temporary)."""
+    if param.grad is None:
+        param.grad = torch.zeros_like(param)
+    return param.grad
 
 
 def _upcast_dtype(dtype: torch.dtype) -> torch.dtype:
     """Softmax statistics need at least fp32: bf16 logsumexp over 49k logits loses about 2 digits."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim, overwriting ``logits``: ``torch.logsumexp`` makes two temporaries the size of its
+    input (``x - max`` and its ``exp``), 100 MB for a 256-row chunk of a 49k vocabulary."""
+    maxes = logits.amax(dim=-1, keepdim=True)
+    return logits.sub_(maxes).exp_().sum(-1).log_().add_(maxes.squeeze(-1))
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -110,17 +141,21 @@ def chunked_token_logps(
     bias: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     with_entropy: bool = False,
+    accumulate_grad_in_place: bool = False,
 ) -> TokenLogps:
     """Per-row log pi(y_t | h_t) (and entropy H_t) from hidden states, never holding more than one chunk of logits.
 
     Shapes: hidden ``(N, H)``, weight ``(V, H)``, targets ``(N,)`` -> logps ``(N,)`` in >= fp32, entropy ``(N,)`` or None,
     is_argmax ``(N,)`` bool (the target is the most likely token: token accuracy). Differentiable with respect to
     ``hidden``, ``weight`` and ``bias``; entropy and is_argmax are metrics and carry no gradient.
+
+    ``accumulate_grad_in_place``: backward adds the gradient of a leaf fp32 ``weight`` into ``weight.grad`` itself and
+    returns none to autograd (so ``torch.autograd.grad`` does not see it; ``loss.backward()`` gives the same ``.grad``).
     """
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"expected hidden (N, H) and targets (N,), got {tuple(hidden.shape)} and {tuple(targets.shape)}")
     logps, entropy, is_argmax = _ChunkedTokenLogps.apply(
-        hidden, weight, bias, targets.long(), int(chunk_size), with_entropy
+        hidden, weight, bias, targets.long(), int(chunk_size), with_entropy, accumulate_grad_in_place
     )
     return TokenLogps(logps, entropy if with_entropy else None, is_argmax)
 
@@ -141,16 +176,18 @@ def sequence_token_logps(
     bias: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     with_entropy: bool = False,
+    accumulate_grad_in_place: bool = False,
 ) -> tuple[TokenLogps, torch.Tensor]:
     """Token log-probs of ``input_ids`` at the positions that carry loss, scattered back to ``(B, T-1)``.
 
     hidden ``(B, T, H)`` is the decoder output for ``input_ids`` ``(B, T)``; ``loss_mask`` ``(B, T)`` marks the tokens
     whose probability we want. Returns the per-token stats as ``(B, T-1)`` tensors (zero where masked) and the
     shifted mask ``(B, T-1)``. Only the masked rows are projected onto the vocabulary: prompt and padding cost nothing.
+    ``accumulate_grad_in_place``: see ``chunked_token_logps``.
     """
     targets, mask = shifted_targets(input_ids, loss_mask)
     rows = hidden[:, :-1][mask]  # (N, H), N = number of loss tokens
-    stats = chunked_token_logps(rows, weight, targets[mask], bias, chunk_size, with_entropy)
+    stats = chunked_token_logps(rows, weight, targets[mask], bias, chunk_size, with_entropy, accumulate_grad_in_place)
 
     def scatter(row_values: torch.Tensor | None) -> torch.Tensor | None:
         if row_values is None:

@@ -169,3 +169,34 @@ def kto_loss(logps, ref_logps, desirable: torch.Tensor, reference_point: torch.T
     rewards = beta * log_ratio.detach()
     nan = torch.full_like(rewards, float("nan"))
     return PreferenceLoss(losses, torch.where(desirable, rewards, nan), torch.where(desirable, nan, rewards))
+
+
+# ------------------------------------------------------------------------------------------------- reward models
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                       margin: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-pair reward-model loss under the Bradley-Terry model (Bradley & Terry 1952), as in InstructGPT (Ouyang et
+    al. 2022, https://arxiv.org/abs/2203.02155, eq. 1), with Llama 2's optional per-pair margin m (Touvron et al.
+    2023, https://arxiv.org/abs/2307.09288, eq. 2):
+
+        P(y_w > y_l | x) = sigma(r(x, y_w) - r(x, y_l))
+        L                = -log sigma(r(x, y_w) - r(x, y_l) - m)
+
+    ``chosen_rewards``, ``rejected_rewards``: scalar scores ``(B,)``; ``margin``: ``(B,)`` or None (m = 0). At equal
+    scores and m = 0 the loss is ln 2. Returns the losses ``(B,)``.
+    """
+    difference = chosen_rewards - rejected_rewards
+    if margin is not None:
+        difference = difference - margin
+    return -F.logsigmoid(difference)
+
+
+def reward_centering_penalty(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Auxiliary loss that keeps reward-model scores centred on 0 (Eisenstein et al. 2023, "Helping or Herding?",
+    https://arxiv.org/abs/2312.09244, sec. 3): the Bradley-Terry loss only sees differences, so it leaves the scores'
+    mean free to drift; this pins it.
+
+        penalty = (r(x, y_w) + r(x, y_l))^2        per pair, shape (B,)
+
+    The trainer adds ``center_rewards_coefficient`` times it to the Bradley-Terry loss (TRL's default 1e-2).
+    """
+    return (chosen_rewards + rejected_rewards) ** 2

@@ -2,13 +2,18 @@
 
 ``model(...)`` on a causal LM returns ``(B, T, V)`` logits; we call the decoder and the output head separately so
 the vocabulary projection runs in chunks over the positions that carry loss (see ``posttrain.math.logprobs``).
+
+In training, both ends of the model add their weight gradients straight into ``.grad`` (``accumulate_grad_in_place``
+and ``_EmbeddingIntoGrad``): a plain backward makes a dense ``(V, H)`` gradient for the input embedding (113 MB for
+SmolLM2, although a batch touches a few hundred rows) and another for the output head, and when the two are tied
+autograd keeps the head's one alive through the whole backward pass before summing them into ``.grad``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from posttrain.math.logprobs import DEFAULT_CHUNK_SIZE, TokenLogps, sequence_token_logps
+from posttrain.math.logprobs import DEFAULT_CHUNK_SIZE, TokenLogps, grad_buffer, sequence_token_logps
 from posttrain.models.lora import is_peft_model
 
 
@@ -17,14 +22,50 @@ def causal_lm(model):
     return model.get_base_model() if is_peft_model(model) else model
 
 
+class _EmbeddingIntoGrad(torch.autograd.Function):
+    """``weight[input_ids]`` whose backward adds the rows it used into ``weight.grad`` (``index_add_``, as torch's own
+    embedding backward does, but into ``.grad`` instead of a dense zero-filled ``(V, H)`` temporary)."""
+
+    @staticmethod
+    def forward(ctx, input_ids, weight, padding_idx):
+        ctx.save_for_backward(input_ids)
+        ctx.weight, ctx.padding_idx = weight, padding_idx
+        return torch.nn.functional.embedding(input_ids, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input_ids,) = ctx.saved_tensors
+        ids, rows = input_ids.reshape(-1), grad_output.reshape(-1, grad_output.shape[-1])
+        if ctx.padding_idx is not None:  # nn.Embedding never updates its padding row
+            keep = ids != ctx.padding_idx
+            ids, rows = ids[keep], rows[keep]
+        grad = grad_buffer(ctx.weight)
+        grad.index_add_(0, ids, rows.to(grad.dtype))
+        return None, None, None
+
+
+def _input_embeddings(lm, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """Input embeddings through ``_EmbeddingIntoGrad`` when training a plain fp32 ``nn.Embedding``; None otherwise (the
+    decoder then embeds by itself: frozen or LoRA-wrapped embeddings, or no gradient needed)."""
+    embed = lm.get_input_embeddings()
+    if not (torch.is_grad_enabled() and type(embed) is torch.nn.Embedding and embed.weight.requires_grad):
+        return None
+    if embed.max_norm is not None or embed.scale_grad_by_freq or embed.sparse or embed.weight.dtype != torch.float32:
+        return None
+    return _EmbeddingIntoGrad.apply(input_ids, embed.weight, embed.padding_idx)
+
+
 def hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Last hidden states ``(B, T, H)`` (after the final norm). Packed batches pass ``position_ids`` and no attention
     mask, so transformers builds a block-diagonal causal mask from the restarting positions."""
-    decoder = causal_lm(model).get_decoder()
+    lm = causal_lm(model)
+    decoder = lm.get_decoder()
+    embeds = _input_embeddings(lm, batch["input_ids"])
+    inputs = {"input_ids": batch["input_ids"]} if embeds is None else {"inputs_embeds": embeds}
     if "position_ids" in batch:
-        out = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        out = decoder(**inputs, position_ids=batch["position_ids"], use_cache=False)
     else:
-        out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        out = decoder(**inputs, attention_mask=batch["attention_mask"], use_cache=False)
     return out.last_hidden_state
 
 
@@ -34,13 +75,21 @@ def token_logps(
     mask_key: str = "loss_mask",
     with_entropy: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
 ) -> tuple[TokenLogps, torch.Tensor]:
-    """log pi(y_t | y_<t) at the positions ``batch[mask_key]`` marks, as ``(B, T-1)`` tensors, and the shifted mask."""
+    """log pi(y_t | y_<t) at the positions ``batch[mask_key]`` marks, as ``(B, T-1)`` tensors, and the shifted mask.
+
+    ``temperature`` T scores the distribution softmax(logits / T) that a sampler at temperature T draws from (RL
+    methods train on what they sampled); logits / T = (h / T) W^T + b / T, so the hidden states are scaled instead."""
     lm = causal_lm(model)
     config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         raise NotImplementedError(f"{type(lm).__name__} rescales its logits; chunked log-probs do not support it yet")
     head = lm.get_output_embeddings()
+    hidden, bias = hidden_states(model, batch), head.bias
+    if temperature != 1.0:
+        hidden, bias = hidden / temperature, None if bias is None else bias / temperature
     return sequence_token_logps(
-        hidden_states(model, batch), head.weight, batch["input_ids"], batch[mask_key], head.bias, chunk_size, with_entropy
+        hidden, head.weight, batch["input_ids"], batch[mask_key], bias, chunk_size, with_entropy,
+        accumulate_grad_in_place=True,
     )

@@ -9,6 +9,7 @@ Every reward function has the signature
     rewards:
       - {name: arithmetic, weight: 1.0}                          # the task's checker (options build a new task)
       - {function: "mypkg.rewards:brevity", weight: 0.5, options: {limit: 30}}   # options become keyword arguments
+      - {model: runs/reward/final, weight: 1.0, options: {batch_size: 16}}      # a trained reward model's score
 
 and the total is the weighted sum, ``total_i = sum_k weight_k * reward_k(...)_i``, with each reward's per-sample
 values returned beside it for logging.
@@ -29,17 +30,19 @@ from posttrain.tasks.registry import TASKS, get_task
 
 @dataclass
 class RewardSpec:
-    """One entry of a config's reward list: exactly one of `name` (a task) or `function` ("module:function")."""
+    """One entry of a config's reward list: exactly one of `name` (a task), `function` ("module:function") or
+    `model` (a reward model folder, e.g. a reward run's final/)."""
 
     name: str | None = None
     function: str | None = None
+    model: str | None = None
     weight: float = 1.0
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if (self.name is None) == (self.function is None):
-            raise ConfigError(f"reward {self}: give exactly one of 'name' (a task: {', '.join(TASKS)}) "
-                              f"or 'function' ('module:function')")
+        if sum(source is not None for source in (self.name, self.function, self.model)) != 1:
+            raise ConfigError(f"reward {self}: give exactly one of 'name' (a task: {', '.join(TASKS)}), "
+                              f"'function' ('module:function') or 'model' (a reward model folder)")
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight):
             raise ConfigError(f"reward {self.label!r}: weight must be a finite number, got {self.weight!r}")
         if not isinstance(self.options, dict):
@@ -48,7 +51,7 @@ class RewardSpec:
     @property
     def label(self) -> str:
         """The name its values are logged under."""
-        return self.name if self.name is not None else self.function
+        return next(source for source in (self.name, self.function, self.model) if source is not None)
 
     @classmethod
     def from_dict(cls, entry: dict) -> "RewardSpec":
@@ -153,9 +156,24 @@ def build_reward(specs: Sequence[RewardSpec | dict] | None, task: Task | None = 
         if spec.name is not None:
             same_task = task is not None and spec.name == task.name and not spec.options
             fn = (task if same_task else get_task(spec.name, **spec.options)).reward_fn()
-        else:
+        elif spec.function is not None:
             fn = load_function(spec.function)
             if spec.options:
                 fn = functools.partial(fn, **spec.options)
+        else:
+            fn = reward_model_function(spec.model, spec.options)
         parts.append(WeightedReward(spec.label, float(spec.weight), fn))
     return CombinedReward(parts)
+
+
+def reward_model_function(path: str, options: dict) -> RewardFn:
+    """A trained reward model's score of prompt + completion, loaded once (``posttrain.models.reward``; torch and
+    transformers are imported here, not when this module is). ``options``: batch_size, max_length, device, dtype."""
+    from posttrain.models.reward import RewardModelScorer
+
+    allowed = {"batch_size", "max_length", "device", "dtype"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(f"reward model {path!r}: unknown option {', '.join(map(repr, unknown))}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+    return RewardModelScorer(path, **options)

@@ -1,7 +1,9 @@
 """One file per method family: its config dataclass on top, then a loss/step that reads like the paper."""
 
 from posttrain.trainers.dpo import DPOConfig, PreferenceMethod, train_dpo
+from posttrain.trainers.grpo import GRPOConfig, PolicyGradientMethod, train_grpo
 from posttrain.trainers.kto import KTOConfig, KTOMethod, train_kto
+from posttrain.trainers.reward import RewardConfig, RewardModelMethod, train_reward
 from posttrain.trainers.sft import SFTConfig, SFTLoss, train_sft
 
 # method name -> (config class, train function): the CLI and posttrain.train dispatch through this table
@@ -11,7 +13,11 @@ METHODS = {
     "simpo": (DPOConfig, train_dpo),
     "orpo": (DPOConfig, train_dpo),
     "kto": (KTOConfig, train_kto),
+    "grpo": (GRPOConfig, train_grpo),
+    "rloo": (GRPOConfig, train_grpo),
+    "reinforce": (GRPOConfig, train_grpo),
+    "reward": (RewardConfig, train_reward),
 }
 
-__all__ = ["METHODS", "DPOConfig", "KTOConfig", "KTOMethod", "PreferenceMethod", "SFTConfig", "SFTLoss", "train_dpo",
-           "train_kto", "train_sft"]
+__all__ = ["METHODS", "DPOConfig", "GRPOConfig", "PolicyGradientMethod", "train_grpo", "KTOConfig", "KTOMethod", "PreferenceMethod", "RewardConfig", "RewardModelMethod", "SFTConfig", "SFTLoss", "train_dpo",
+           "train_kto", "train_reward", "train_sft"]

@@ -23,11 +23,17 @@ import torch
 
 from posttrain.config import config_to_dict
 from posttrain.data import load_rows, normalize_rows
-from posttrain.data.preference import collate_pairs, tokenize_pairs
+from posttrain.data.preference import (
+    collate_pairs,
+    collate_pairs_packed,
+    count_sequences,
+    sequence_sums,
+    tokenize_pairs,
+)
 from posttrain.engine import Engine, LossOutput
 from posttrain.errors import ConfigError
 from posttrain.io import atomic_write_text
-from posttrain.math import kl_estimate, masked_sum
+from posttrain.math import kl_estimate
 from posttrain.math.preference import (
     LENGTH_NORMALISED_DPO,
     PreferenceLoss,
@@ -38,7 +44,13 @@ from posttrain.math.preference import (
 )
 from posttrain.models import save_model
 from posttrain.models.forward import token_logps
-from posttrain.trainers.common import PolicyTrainingConfig, load_policy, read_log, run_summary, write_evaluation
+from posttrain.trainers.common import (
+    PolicyTrainingConfig,
+    load_policy,
+    read_log,
+    run_summary,
+    write_evaluation,
+)
 from posttrain.trainers.reference import ReferencePolicy, precompute_reference_logps
 
 log = logging.getLogger(__name__)
@@ -55,6 +67,8 @@ class DPOConfig(PolicyTrainingConfig):
     gamma: float = field(default=0.5, metadata={"min": 0})  # SimPO target margin
     orpo_lambda: float = field(default=0.1, metadata={"min": 0})  # ORPO weight of the odds-ratio term
     precompute_ref_logps: bool = False  # score the data under pi_ref once, cache on disk, never load pi_ref again
+    # the batch's 2B sequences back to back in one row, no padding (block-diagonal attention; same log-probs)
+    pack_pairs: bool = True
     ref_cache_dir: str | None = None  # default: $POSTTRAIN_CACHE/ref_logps
     eval_generations: int = field(default=0, metadata={"min": 0})  # greedy answers to N eval prompts, before/after
     max_new_tokens: int = field(default=64, metadata={"min": 1})  # for eval_generations
@@ -64,20 +78,19 @@ class DPOConfig(PolicyTrainingConfig):
 class PreferenceMethod:
     """The loss the engine runs for B pairs: the method's per-pair losses summed, and metric sums over pairs."""
 
-    collate = staticmethod(collate_pairs)
-
     def __init__(self, config: DPOConfig, reference: ReferencePolicy | None):
         self.config = config
         self.reference = reference
+        self.collate = collate_pairs_packed if config.pack_pairs else collate_pairs
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
-        return batch["input_ids"].shape[0] // 2
+        return count_sequences(batch) // 2
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> LossOutput:
         config = self.config
-        stats, mask = token_logps(model, batch)  # (2B, T-1): chosen rows, then rejected rows
-        lengths = mask.sum(-1).to(stats.logps.dtype)
-        chosen_logps, rejected_logps = masked_sum(stats.logps, mask, -1).chunk(2)
+        stats, mask = token_logps(model, batch)  # (2B, T-1): chosen rows, then rejected rows (or one packed row)
+        lengths = sequence_sums(mask.to(stats.logps.dtype), mask, batch)
+        chosen_logps, rejected_logps = sequence_sums(stats.logps, mask, batch).chunk(2)
         chosen_lengths, rejected_lengths = lengths.chunk(2)
         metrics: dict[str, float] = {}
         if config.method == "simpo":
@@ -86,14 +99,14 @@ class PreferenceMethod:
             out = orpo_loss(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths, config.orpo_lambda)
         else:
             ref_token_logps = self.reference_token_logps(model, batch)
-            ref_chosen_logps, ref_rejected_logps = masked_sum(ref_token_logps, mask, -1).chunk(2)
+            ref_chosen_logps, ref_rejected_logps = sequence_sums(ref_token_logps, mask, batch).chunk(2)
             scores = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
             if config.loss_type in LENGTH_NORMALISED_DPO:
                 scores = tuple(s / n for s, n in zip(scores, (chosen_lengths, rejected_lengths) * 2))
             out = dpo_loss(*scores, config.beta, config.loss_type, config.label_smoothing)
             if config.rpo_alpha:
                 out = out._replace(losses=out.losses + config.rpo_alpha * chosen_nll(chosen_logps, chosen_lengths))
-            chosen_kl = masked_sum(kl_estimate(stats.logps.detach(), ref_token_logps, "k3"), mask, -1).chunk(2)[0]
+            chosen_kl = sequence_sums(kl_estimate(stats.logps.detach(), ref_token_logps, "k3"), mask, batch).chunk(2)[0]
             metrics["kl/chosen"] = float((chosen_kl / chosen_lengths).sum())  # mean per token, summed over pairs
         metrics.update(pair_metrics(out, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths))
         return LossOutput(out.losses.sum(), metrics)
@@ -215,5 +228,9 @@ def compare_generations(config: DPOConfig, before: list[dict], after: list[dict]
     def words(answers):
         return sum(len(a["output"].split()) for a in answers) / max(len(answers), 1)
 
+    def contains_chosen(answers):  # the preferred answer appears word for word in the model's own answer
+        return sum(str(a["chosen"]).strip() in a["output"] for a in answers) / max(len(answers), 1)
+
     return {"n_prompts": len(before), "mean_words_before": words(before), "mean_words_after": words(after),
+            "contains_chosen_before": contains_chosen(before), "contains_chosen_after": contains_chosen(after),
             "samples": str(path)}

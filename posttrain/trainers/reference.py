@@ -44,11 +44,11 @@ class ReferencePolicy:
         self.frozen = None if is_peft_model(policy) else frozen_copy(policy)
 
     @torch.no_grad()
-    def token_logps(self, policy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def token_logps(self, policy, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
         if self.frozen is not None:
-            return token_logps(self.frozen, batch)[0].logps
+            return token_logps(self.frozen, batch, temperature=temperature)[0].logps
         with adapters_disabled(policy):
-            return token_logps(policy, batch)[0].logps
+            return token_logps(policy, batch, temperature=temperature)[0].logps
 
 
 def frozen_copy(model):

@@ -43,20 +43,22 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
-    reference = make_engine(tmp_path, "ref", save_steps=3)
+# keep_grad_buffers: the uninterrupted run zeroes its kept gradients in place, the resumed one starts without any
+@pytest.mark.parametrize("settings", [{}, {"batch_size": 2, "grad_accum_steps": 2}, {"keep_grad_buffers": True}])
+def test_resume_equals_uninterrupted_run(tmp_path, settings):
+    reference = make_engine(tmp_path, "ref", save_steps=3, **settings)
     reference.train()
 
     def stop_at_4(engine, state):
         if state["step"] == 4:
             raise Interrupt
 
-    interrupted = make_engine(tmp_path, "resumed", save_steps=3, callbacks=[stop_at_4])
+    interrupted = make_engine(tmp_path, "resumed", save_steps=3, callbacks=[stop_at_4], **settings)
     with pytest.raises(Interrupt):
         interrupted.train()
     assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step_3"]
 
-    resumed = make_engine(tmp_path, "resumed", save_steps=3)  # fresh model: everything comes from the checkpoint
+    resumed = make_engine(tmp_path, "resumed", save_steps=3, **settings)  # fresh model: all from the checkpoint
     state = resumed.train()
     assert state["step"] == 6
     ref_log, res_log = read_log(tmp_path / "ref"), read_log(tmp_path / "resumed")
@@ -74,6 +76,16 @@ def test_refuses_finished_or_foreign_output_dir(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not empty and holds no checkpoint"):
         make_engine(tmp_path, "other").train()
+
+
+def test_overwrite_output_dir_replaces_the_previous_run_and_nothing_else(tmp_path):
+    make_engine(tmp_path, "over", max_steps=3, save_steps=1).train()
+    (tmp_path / "over" / "final").mkdir()
+    (tmp_path / "over" / "notes.txt").write_text("mine")
+    make_engine(tmp_path, "over", max_steps=2, overwrite_output_dir=True).train()
+    assert [r["step"] for r in read_log(tmp_path / "over")] == [1, 2]  # not appended to the old log
+    assert not (tmp_path / "over" / "checkpoints").exists() and not (tmp_path / "over" / "final").exists()
+    assert (tmp_path / "over" / "notes.txt").read_text() == "mine"
 
 
 def test_killed_checkpoint_save_leaves_the_previous_one_intact(tmp_path):
@@ -155,3 +167,12 @@ def test_early_stopping_with_patience(tmp_path):
     engine.eval_examples = random_examples(8, seed=9, vocab=256)  # a huge lr makes eval loss stop improving
     state = engine.train()
     assert state["stopped"].startswith("early stop") and state["step"] < 50
+
+
+def test_gradient_buffers_are_kept_with_accumulation_and_freed_without(tmp_path):
+    kept = make_engine(tmp_path, "kept", max_steps=2, batch_size=2, grad_accum_steps=2)
+    kept.train()
+    assert all(p.grad is not None and not p.grad.any() for p in kept.model.parameters())
+    freed = make_engine(tmp_path, "freed", max_steps=2)
+    freed.train()
+    assert all(p.grad is None for p in freed.model.parameters())

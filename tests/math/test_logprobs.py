@@ -70,3 +70,22 @@ def test_masked_mean_and_sum():
     assert masked_sum(x, m).item() == 4.0
     assert masked_mean(x, m).item() == 2.0
     torch.testing.assert_close(masked_mean(x, m, dim=1), torch.tensor([2.0, 0.0]))
+
+
+@pytest.mark.parametrize("existing_grad", [False, True])
+def test_in_place_weight_gradient_equals_the_returned_one(existing_grad):
+    """accumulate_grad_in_place adds into weight.grad what autograd would have accumulated there."""
+    torch.manual_seed(2)
+    hidden = torch.randn(9, 5, requires_grad=True)
+    targets = torch.randint(0, 11, (9,))
+    grads = []
+    for in_place in (False, True):
+        weight = torch.randn(11, 5, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        if existing_grad:
+            weight.grad = torch.ones_like(weight)
+        out = chunked_token_logps(hidden, weight, targets, chunk_size=4, accumulate_grad_in_place=in_place)
+        out.logps.sum().backward()
+        grads.append((weight.grad.clone(), hidden.grad.clone()))
+        hidden.grad = None
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1])

@@ -153,3 +153,32 @@ def test_chosen_and_rejected_share_one_forward_pass(tokenizer):
     assert batch["input_ids"].shape[0] == 4
     assert batch["input_ids"][0].tolist()[: len(examples[0].prompt_ids)] == examples[0].prompt_ids
     assert batch["loss_mask"][2].sum() == len(examples[0].rejected_ids)  # row 2: the first pair's rejected
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_packed_pairs_give_the_padded_loss_metrics_and_gradients(tokenizer, loss_type):
+    """pack_pairs puts a step's 2B sequences back to back (position ids restart, no attention across them): the
+    loss, every metric and the gradients must equal the padded batch's."""
+    from posttrain.trainers.dpo import DPOConfig, PreferenceMethod
+
+    rows = pairs(5)
+    rows[1]["chosen"] = "A much longer answer, so that the two completions of this pair differ a lot in length."
+    examples, _ = tokenize_pairs(load_rows_from(rows), tokenizer, DataConfig(max_length=96))
+    model = build_tiny_model(seed=4)
+    reference = ReferencePolicy(build_tiny_model(seed=5))  # a reference that differs from the policy
+    results = []
+    for packed in (False, True):
+        method = PreferenceMethod(DPOConfig(loss_type=loss_type, beta=0.5, rpo_alpha=0.3, pack_pairs=packed),
+                                  reference)
+        batch = method.collate(examples, tokenizer.pad_token_id)
+        assert ("position_ids" in batch) == packed
+        model.zero_grad()
+        out = method.loss(model, batch)
+        out.loss_sum.backward()
+        results.append((out.loss_sum.item(), out.metrics, model.model.layers[1].mlp.down_proj.weight.grad.clone(),
+                        method.count(batch)))
+    (loss_a, metrics_a, grad_a, count_a), (loss_b, metrics_b, grad_b, count_b) = results
+    assert count_a == count_b == 5
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    assert metrics_b == pytest.approx(metrics_a, rel=1e-4, abs=1e-5)
+    assert torch.allclose(grad_a, grad_b, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,194 @@
+"""Reward models: a causal LM's decoder with a scalar ``score`` head, read at each sequence's last real token.
+
+The model is a plain ``*ForSequenceClassification`` with ``num_labels=1`` (so ``AutoModelForSequenceClassification``
+loads a saved one), built from any model spec: its decoder weights are the causal LM's, its head is new. We run the
+forward ourselves (``posttrain.models.forward.hidden_states``, then the head at one position per row) so the score
+position comes from the attention mask, exactly, and the head multiplies B vectors rather than every position.
+
+transformers' own forward scores the rightmost token that is not ``pad_token_id``. That agrees with ours only if no
+sequence *ends* with the pad token, and many tokenizers pad with EOS, which a completion without a chat template ends
+with. So the reward model pads with a token of its own (``distinct_pad_token``), written into its config and saved
+tokenizer, and both forwards score the same token (tested).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from posttrain.errors import ModelLoadError
+from posttrain.models.forward import causal_lm, hidden_states
+from posttrain.models.loading import (
+    _embedded_dir,
+    build_tiny_model,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+from posttrain.models.lora import LoraSettings
+from posttrain.models.specs import EMBEDDED_DEFAULT
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------- building
+def load_reward_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
+                      seed: int = 0):
+    """``(model, tokenizer)`` for a reward model from any spec: a built-in name (``tiny``: the decoder of
+    ``load_model("tiny")``), a causal-LM folder or hub id (decoder loaded, score head new), a saved reward model
+    (loaded as it is), or a LoRA adapter folder (a reward model's: adapter + head on its base; a causal LM's: merged,
+    then a new head).
+    ``seed`` seeds a new head only."""
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    path = _embedded_dir() if spec == EMBEDDED_DEFAULT else Path(spec)
+    if spec == "tiny":
+        tokenizer = distinct_pad_token(load_tokenizer("tiny"))
+        model = from_causal_lm(build_tiny_model(), tokenizer, seed)
+    elif (path / "adapter_config.json").is_file():
+        adapter = json.loads((path / "adapter_config.json").read_text())
+        if adapter.get("task_type") == "SEQ_CLS":
+            from peft import PeftModel
+
+            base, tokenizer = load_reward_model(adapter["base_model_name_or_path"], dtype, device, trust_remote_code,
+                                                seed)
+            model = PeftModel.from_pretrained(base, str(path))
+            if (path / "tokenizer_config.json").is_file():
+                tokenizer = load_tokenizer(str(path))
+        else:  # a causal LM's adapter (e.g. an SFT run): fold it in, then put a head on the result
+            lm, tokenizer = load_model(str(path), "float32", "cpu", trust_remote_code=trust_remote_code)
+            model = from_causal_lm(lm.merge_and_unload(), distinct_pad_token(tokenizer), seed)
+    else:
+        from transformers import AutoModelForSequenceClassification
+
+        tokenizer = distinct_pad_token(load_tokenizer(str(path) if path.is_dir() else spec, trust_remote_code))
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(path) if path.is_dir() else spec, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+                dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"reward model {spec!r}: not loadable as a sequence-scoring model ({exc})") from None
+        if any(key.startswith("score.") for key in info["missing_keys"]):  # a causal LM: its head is new
+            init_score_head(model, seed)
+    return model.to(dtype=torch_dtype, device=torch_device), tokenizer
+
+
+def from_causal_lm(lm, tokenizer, seed: int = 0):
+    """A ``*ForSequenceClassification`` (num_labels=1) with ``lm``'s decoder weights and a new score head."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(lm.config)
+    config.num_labels, config.pad_token_id, config.architectures = 1, tokenizer.pad_token_id, None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config)
+    model.base_model.load_state_dict(lm.base_model.state_dict())
+    init_score_head(model, seed)
+    return model.to(next(lm.parameters()).dtype)
+
+
+def init_score_head(model, seed: int = 0) -> None:
+    """score ~ N(0, 1 / (H + 1)) per weight: initial scores of order the hidden states' RMS, not 0 (a zero head has no
+    gradient into the decoder at the first step) and not large (TRL's choice, after Stiennon et al. 2020)."""
+    head = model.score
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(head.in_features + 1))
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def distinct_pad_token(tokenizer):
+    """Pad with a token that no sequence ends with (not EOS): the unknown token, else another special token."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer
+    avoid = {tokenizer.eos_token_id, tokenizer.bos_token_id}
+    candidates = [tokenizer.unk_token] if tokenizer.unk_token_id not in avoid | {None} else []
+    candidates += [t for t, i in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids) if i not in avoid]
+    if candidates:
+        tokenizer.pad_token = candidates[0]
+    else:
+        log.warning("the tokenizer pads with EOS and has no other special token: transformers' own forward scores "
+                    "the token before a final EOS; posttrain scores the last real token")
+    return tokenizer
+
+
+def apply_reward_lora(model, settings: LoraSettings, gradient_checkpointing: bool = False):
+    """LoRA adapters on the decoder (Hu et al. 2021); the score head is fully trained (``modules_to_save``), since it
+    starts from random weights that no low-rank update of the decoder can replace."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=settings.target_modules, task_type="SEQ_CLS", modules_to_save=["score"])
+    return get_peft_model(model, config)
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+def sequence_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """r(x, y): the score head at each row's last position with ``attention_mask`` = 1, ``(B,)`` float32.
+    Right or left padding; padded rows score what they score alone (causal attention: later pads change nothing)."""
+    hidden = hidden_states(model, batch)  # (B, T, H)
+    mask = batch["attention_mask"]
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (positions * mask).argmax(-1)  # (B,) the rightmost real token
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+    return causal_lm(model).score(pooled).squeeze(-1).float()
+
+
+class RewardModelScorer:
+    """A saved reward model as a reward function ``fn(prompts, completions, problems) -> list[float]``.
+
+    Each prompt + completion is formatted as in training (``encode_prompt_completion``: the chat template when the
+    tokenizer has one; ``encode``) and scored in length-sorted batches under ``torch.no_grad``. Sequences longer than
+    ``max_length`` keep their last tokens (the scored end)."""
+
+    def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024, device: str = "auto",
+                 dtype: str = "auto"):
+        if not Path(path).is_dir():
+            raise ModelLoadError(f"reward model {path!r}: no such folder (a reward run's final/ or final/merged/)")
+        self.model, self.tokenizer = load_reward_model(path, dtype, device)
+        self.model.eval().requires_grad_(False)
+        self.batch_size, self.max_length = batch_size, max_length
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        self.device = next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str], problems=None) -> list[float]:
+        from posttrain.data.preference import collate_sequences
+
+        sequences = []
+        for prompt, completion in zip(prompts, completions):
+            prompt_ids, completion_ids = self.encode(prompt, completion)
+            cut = max(0, len(prompt_ids) + len(completion_ids) - self.max_length)
+            sequences.append((prompt_ids[cut:], completion_ids[max(0, cut - len(prompt_ids)):]))
+        order = sorted(range(len(sequences)), key=lambda i: sum(map(len, sequences[i])))
+        scores = [0.0] * len(sequences)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = collate_sequences([sequences[i] for i in chunk], self.tokenizer.pad_token_id)
+            values = sequence_scores(self.model, {k: v.to(self.device) for k, v in batch.items()})
+            for i, value in zip(chunk, values.tolist()):
+                scores[i] = value
+        return scores
+
+    def encode(self, prompt, completion) -> tuple[list[int], list[int]]:
+        """Ids as training tokenized them. A sampled completion can make the template's prompt tokenize differently
+        inside the whole (a completion starting with newlines merges with the prompt's last one): training refuses
+        such a pair, a reward scores the whole conversation as tokenized."""
+        from posttrain.data.tokenize import as_messages, encode_prompt_completion
+        from posttrain.errors import DataError
+
+        try:
+            return encode_prompt_completion(self.tokenizer, prompt, completion, self.chat)
+        except DataError:
+            messages = as_messages(prompt, "user") + as_messages(completion, "assistant")
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            return [], self.tokenizer(text, add_special_tokens=False)["input_ids"]
