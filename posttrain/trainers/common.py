@@ -11,11 +11,12 @@ from typing import Literal
 
 import torch
 
+from posttrain.config import config_to_dict
 from posttrain.data import DataConfig
-from posttrain.engine import EngineConfig
+from posttrain.engine import Engine, EngineConfig
 from posttrain.errors import ConfigError
 from posttrain.io import atomic_write_text
-from posttrain.models import LoraSettings, apply_lora, load_model
+from posttrain.models import LoraSettings, apply_lora, load_model, save_model
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,30 @@ def load_policy(config: PolicyTrainingConfig):
     model, tokenizer = load_model(config.model, dtype, config.device, config.quantization, config.trust_remote_code)
     if config.lora.enabled:
         model = apply_lora(model, config.lora, config.gradient_checkpointing)
+    log_trainable(model, f"model {config.model}")
+    return model, tokenizer
+
+
+def log_trainable(model, label: str) -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.warning("model %s: %d trainable / %d parameters (%.2f%%)", config.model, trainable, total, 100 * trainable / total)
-    return model, tokenizer
+    log.warning("%s: %d trainable / %d parameters (%.2f%%)", label, trainable, total, 100 * trainable / total)
+
+
+def train_and_save(config: PolicyTrainingConfig, model, tokenizer, method, train_examples, eval_examples,
+                   callbacks=None) -> dict:
+    """The engine loop for ``method`` (checkpoints save the model as ``final/`` is saved), then ``final/``: full
+    weights, or the adapter (+ merged copy with ``lora.save_merged``). Returns the engine's final state."""
+    engine = Engine(
+        config, model, method, train_examples, eval_examples, tokenizer.pad_token_id,
+        save_model=lambda directory: save_model(model, tokenizer, directory, base_spec=config.model),
+        resolved_config=config_to_dict(config), callbacks=callbacks,
+    )
+    method.engine = engine  # methods that log or sample by step read engine.state
+    state = engine.train()
+    save_model(model, tokenizer, Path(config.output_dir) / "final", save_merged=config.lora.save_merged,
+               base_spec=config.model)
+    return state
 
 
 def run_summary(config: PolicyTrainingConfig, model, state: dict) -> dict:

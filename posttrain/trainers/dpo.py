@@ -21,7 +21,6 @@ from typing import Literal
 
 import torch
 
-from posttrain.config import config_to_dict
 from posttrain.data import load_rows, normalize_rows
 from posttrain.data.preference import (
     collate_pairs,
@@ -30,7 +29,7 @@ from posttrain.data.preference import (
     sequence_sums,
     tokenize_pairs,
 )
-from posttrain.engine import Engine, LossOutput
+from posttrain.engine import LossOutput
 from posttrain.errors import ConfigError
 from posttrain.io import atomic_write_text
 from posttrain.math import kl_estimate
@@ -42,13 +41,13 @@ from posttrain.math.preference import (
     orpo_loss,
     simpo_loss,
 )
-from posttrain.models import save_model
 from posttrain.models.forward import token_logps
 from posttrain.trainers.common import (
     PolicyTrainingConfig,
     load_policy,
     read_log,
     run_summary,
+    train_and_save,
     write_evaluation,
 )
 from posttrain.trainers.reference import ReferencePolicy, precompute_reference_logps
@@ -151,14 +150,9 @@ def train_dpo(config: DPOConfig, callbacks=None) -> dict:
         reference = ReferencePolicy(model)
     before = generate_answers(config, model, tokenizer) if config.eval_generations else None
 
-    engine = Engine(
-        config, model, PreferenceMethod(config, reference), train_examples, eval_examples, tokenizer.pad_token_id,
-        save_model=lambda directory: save_model(model, tokenizer, directory, base_spec=config.model),
-        resolved_config=config_to_dict(config), callbacks=callbacks,
-    )
-    state = engine.train()
+    method = PreferenceMethod(config, reference)
+    state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
     output_dir = Path(config.output_dir)
-    save_model(model, tokenizer, output_dir / "final", save_merged=config.lora.save_merged, base_spec=config.model)
     evaluation = preference_evaluation(config, model, state)
     if before is not None:
         evaluation["generations"] = compare_generations(config, before, generate_answers(config, model, tokenizer))

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import torch
 
-from posttrain.config import config_to_dict
 from posttrain.data import load_rows
 from posttrain.data.preference import collate_sequences
 from posttrain.engine import Engine, LossOutput
@@ -32,12 +31,18 @@ from posttrain.errors import ConfigError
 from posttrain.math import clipped_policy_loss, group_advantages, kl_estimate, masked_sum
 from posttrain.math.advantages import leave_one_out_advantages, moving_average
 from posttrain.math.policy import aggregated_loss_sum, loss_normaliser
-from posttrain.models import save_model
 from posttrain.models.forward import token_logps
 from posttrain.rollout import SamplingParams, chat_prompts, sample
 from posttrain.tasks import Problem, get_task
 from posttrain.tasks.rewards import build_reward
-from posttrain.trainers.common import PolicyTrainingConfig, load_policy, read_log, run_summary, write_evaluation
+from posttrain.trainers.common import (
+    PolicyTrainingConfig,
+    load_policy,
+    read_log,
+    run_summary,
+    train_and_save,
+    write_evaluation,
+)
 from posttrain.trainers.reference import ReferencePolicy
 
 log = logging.getLogger(__name__)
@@ -272,15 +277,8 @@ def train_grpo(config: GRPOConfig, callbacks=None) -> dict:
     method.eval_prompt_ids = chat_prompts(tokenizer, [p.prompt for p in eval_problems])
     train_examples = [PromptExample(ids, i) for i, ids in enumerate(method.prompt_ids)]
     eval_examples = [PromptExample(ids, i) for i, ids in enumerate(method.eval_prompt_ids)]
-    engine = Engine(
-        config, model, method, train_examples, eval_examples, tokenizer.pad_token_id,
-        save_model=lambda directory: save_model(model, tokenizer, directory, base_spec=config.model),
-        resolved_config=config_to_dict(config), callbacks=callbacks,
-    )
-    method.engine = engine
-    state = engine.train()
+    state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
     output_dir = Path(config.output_dir)
-    save_model(model, tokenizer, output_dir / "final", save_merged=config.lora.save_merged, base_spec=config.model)
     return write_evaluation(output_dir, rl_evaluation(config, model, state))
 
 

@@ -20,16 +20,21 @@ from typing import Literal
 
 import torch
 
-from posttrain.config import config_to_dict
 from posttrain.data import load_rows, normalize_rows
 from posttrain.data.preference import collate_unpaired, tokenize_unpaired
-from posttrain.engine import Engine, LossOutput
+from posttrain.engine import LossOutput
 from posttrain.errors import ConfigError
 from posttrain.math import masked_sum
 from posttrain.math.preference import kto_loss, kto_reference_point
-from posttrain.models import save_model
 from posttrain.models.forward import token_logps
-from posttrain.trainers.common import PolicyTrainingConfig, load_policy, read_log, run_summary, write_evaluation
+from posttrain.trainers.common import (
+    PolicyTrainingConfig,
+    load_policy,
+    read_log,
+    run_summary,
+    train_and_save,
+    write_evaluation,
+)
 from posttrain.trainers.reference import ReferencePolicy, precompute_reference_logps
 
 log = logging.getLogger(__name__)
@@ -116,14 +121,9 @@ def train_kto(config: KTOConfig, callbacks=None) -> dict:
                                    config.eval_batch_size, settings, config.ref_cache_dir)
     else:
         reference = ReferencePolicy(model)
-    engine = Engine(
-        config, model, KTOMethod(config, reference), train_examples, eval_examples, tokenizer.pad_token_id,
-        save_model=lambda directory: save_model(model, tokenizer, directory, base_spec=config.model),
-        resolved_config=config_to_dict(config), callbacks=callbacks,
-    )
-    state = engine.train()
+    method = KTOMethod(config, reference)
+    state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
     output_dir = Path(config.output_dir)
-    save_model(model, tokenizer, output_dir / "final", save_merged=config.lora.save_merged, base_spec=config.model)
     return write_evaluation(output_dir, kto_evaluation(config, model, state))
 
 

@@ -20,14 +20,19 @@ from typing import Literal
 
 import torch
 
-from posttrain.config import config_to_dict
 from posttrain.data.preference import collate_pairs
-from posttrain.engine import Engine, LossOutput
+from posttrain.engine import LossOutput
 from posttrain.errors import ConfigError, DataError
 from posttrain.math import bradley_terry_loss, reward_centering_penalty
-from posttrain.models import save_model
 from posttrain.models.reward import apply_reward_lora, load_reward_model, sequence_scores
-from posttrain.trainers.common import PolicyTrainingConfig, read_log, run_summary, write_evaluation
+from posttrain.trainers.common import (
+    PolicyTrainingConfig,
+    log_trainable,
+    read_log,
+    run_summary,
+    train_and_save,
+    write_evaluation,
+)
 from posttrain.trainers.dpo import load_pair_examples
 
 log = logging.getLogger(__name__)
@@ -83,14 +88,9 @@ def train_reward(config: RewardConfig, callbacks=None) -> dict:
             first = next(e.where for e in examples if e.margin is None)
             raise DataError(f"{name} data: {with_margin} of {len(examples)} pairs have a margin, {first} has none; "
                             "give every pair a margin or none")
-    engine = Engine(
-        config, model, RewardModelMethod(config), train_examples, eval_examples, tokenizer.pad_token_id,
-        save_model=lambda directory: save_model(model, tokenizer, directory, base_spec=config.model),
-        resolved_config=config_to_dict(config), callbacks=callbacks,
-    )
-    state = engine.train()
+    method = RewardModelMethod(config)
+    state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
     output_dir = Path(config.output_dir)
-    save_model(model, tokenizer, output_dir / "final", save_merged=config.lora.save_merged, base_spec=config.model)
     return write_evaluation(output_dir, reward_evaluation(config, model, state))
 
 
@@ -102,10 +102,7 @@ def load_reward_policy(config: RewardConfig):
     model, tokenizer = load_reward_model(config.model, dtype, config.device, config.trust_remote_code, config.seed)
     if config.lora.enabled:
         model = apply_reward_lora(model, config.lora, config.gradient_checkpointing)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    log.warning("reward model from %s: %d trainable / %d parameters (%.2f%%)", config.model, trainable, total,
-                100 * trainable / total)
+    log_trainable(model, f"reward model from {config.model}")
     return model, tokenizer
 
 

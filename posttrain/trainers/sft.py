@@ -18,14 +18,19 @@ from typing import Literal
 
 import torch
 
-from posttrain.config import config_to_dict
 from posttrain.data import DataConfig, load_rows, normalize_rows, pack_examples, tokenize_sft
-from posttrain.engine import Engine, LossOutput
+from posttrain.engine import LossOutput
 from posttrain.errors import ConfigError
 from posttrain.math import sft_nll_sum
-from posttrain.models import save_model
 from posttrain.models.forward import token_logps
-from posttrain.trainers.common import PolicyTrainingConfig, load_policy, read_log, run_summary, write_evaluation
+from posttrain.trainers.common import (
+    PolicyTrainingConfig,
+    load_policy,
+    read_log,
+    run_summary,
+    train_and_save,
+    write_evaluation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +61,8 @@ def train_sft(config: SFTConfig, callbacks=None) -> dict:
     if config.data.packing:
         train_examples = pack_examples(train_examples, config.data.max_length)
 
+    state = train_and_save(config, model, tokenizer, SFTLoss(), train_examples, eval_examples, callbacks)
     output_dir = Path(config.output_dir)
-    engine = Engine(
-        config, model, SFTLoss(), train_examples, eval_examples, tokenizer.pad_token_id,
-        save_model=lambda directory: save_model(model, tokenizer, directory, base_spec=config.model),
-        resolved_config=config_to_dict(config), callbacks=callbacks,
-    )
-    state = engine.train()
-    save_model(model, tokenizer, output_dir / "final", save_merged=config.lora.save_merged, base_spec=config.model)
     return write_evaluation(output_dir, sft_evaluation(config, output_dir, state, model))
 
 
