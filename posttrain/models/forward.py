@@ -48,7 +48,8 @@ def _input_embeddings(lm, input_ids: torch.Tensor) -> torch.Tensor | None:
     """Input embeddings through ``_EmbeddingIntoGrad`` when training a plain fp32 ``nn.Embedding``; None otherwise (the
     decoder then embeds by itself: frozen or LoRA-wrapped embeddings, or no gradient needed)."""
     embed = lm.get_input_embeddings()
-    if not (torch.is_grad_enabled() and type(embed) is torch.nn.Embedding and embed.weight.requires_grad):
+    if not (torch.is_grad_enabled() and type(embed) is torch.nn.Embedding and embed.weight.requires_grad
+            and embed.weight.is_leaf):
         return None
     if embed.max_norm is not None or embed.scale_grad_by_freq or embed.sparse or embed.weight.dtype != torch.float32:
         return None
