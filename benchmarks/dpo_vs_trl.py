@@ -38,13 +38,12 @@ import json
 import math
 import os
 import random
-import resource
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import median as harness_median
+from harness import report, run_interleaved
 
 BATCH, MAX_PROMPT, MAX_COMPLETION, LR, BETA = 4, 64, 128, 1e-6, 0.1
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
@@ -217,15 +216,7 @@ def worker(which: str, data: Path, steps: int) -> None:
             result = run_trl(data, steps, Path(tmp) / "run", lora, "gc" in parts)
         else:
             result = run_ours(data, steps, Path(tmp) / "run", lora, "pre" in parts, 2 if "mb2" in parts else 1)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    result.update(
-        tokens_per_s=result["tokens"] / result["seconds"],
-        peak_rss_gb=usage.ru_maxrss / 1024**2,  # Linux reports KiB
-        minor_faults=usage.ru_minflt,
-        system_s=usage.ru_stime,
-        user_s=usage.ru_utime,
-    )
-    print("RESULT " + json.dumps(result))
+    report(result)
 
 
 TARGETS = {"full": (2.0, 0.6), "lora": (1.5, 0.6)}  # (min speed-up, max share of TRL's peak RSS)
@@ -247,24 +238,11 @@ def main() -> None:
         data = Path(tmp) / "pairs.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in benchmark_rows()))
         variants = args.variants.split(",")
-        results = {which: [] for which in variants}
-        for repeat in range(args.repeats):
-            for which in variants:  # interleaved: A, B, A, B on a shared 2-core machine
-                proc = subprocess.run([sys.executable, __file__, "--worker", which, "--data", str(data),
-                                       "--steps", str(args.steps)], check=False, capture_output=True, text=True,
-                                      env=dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1"))
-                lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-                if proc.returncode or not lines:
-                    sys.exit(f"{which} run failed:\n{proc.stderr[-4000:]}")
-                result = json.loads(lines[-1][7:])
-                results[which].append(result)
-                print(f"repeat {repeat + 1} {which:>13}: {result['tokens_per_s']:.1f} tok/s, "
-                      f"peak RSS {result['peak_rss_gb']:.2f} GB, first loss {result['first_loss']:.6f}, "
-                      f"sys {result['system_s']:.1f} s, minor faults {result['minor_faults']}, "
-                      f"tokens per step {result['step_tokens']}, load {os.getloadavg()[0]:.2f}", flush=True)
+        results = run_interleaved(__file__, variants, data, args.steps, args.repeats,
+                                  describe=lambda r: f", tokens per step {r['step_tokens']}")
 
     def median(which, key):
-        return statistics.median(r[key] for r in results[which])
+        return harness_median(results, which, key)
 
     print(f"\nmedians over {args.repeats} runs each, {args.steps} steps (steps 2..{args.steps} timed), batch {BATCH} "
           f"pairs, max prompt {MAX_PROMPT}, max completion {MAX_COMPLETION}, fp32, {os.cpu_count()} CPUs; tokens "

@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import random
-import resource
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import median as harness_median
+from harness import report, run_interleaved
 
 BATCH, MAX_LENGTH, LR = 8, 256, 1e-5
 
@@ -126,15 +125,7 @@ def worker(which: str, data: Path, steps: int) -> None:
             parts = which.split("-")
             micro = next((int(p[2:]) for p in parts if p.startswith("mb")), 1)
             result = run_ours(data, steps, Path(tmp) / "run", micro, "gc" in parts)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    result.update(
-        tokens_per_s=result["tokens"] / result["seconds"],
-        peak_rss_gb=usage.ru_maxrss / 1024**2,  # Linux reports KiB
-        minor_faults=usage.ru_minflt,
-        system_s=usage.ru_stime,
-        user_s=usage.ru_utime,
-    )
-    print("RESULT " + json.dumps(result))
+    report(result)
 
 
 def main() -> None:
@@ -154,23 +145,10 @@ def main() -> None:
         data = Path(tmp) / "bench.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in benchmark_rows()))
         variants = args.variants.split(",")
-        results = {which: [] for which in variants}
-        for repeat in range(args.repeats):
-            for which in variants:  # interleaved: A, B, A, B on a shared 2-core machine
-                proc = subprocess.run([sys.executable, __file__, "--worker", which, "--data", str(data),
-                                       "--steps", str(args.steps)], capture_output=True, text=True,
-                                      env=dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1"))
-                lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-                if proc.returncode or not lines:
-                    sys.exit(f"{which} run failed:\n{proc.stderr[-4000:]}")
-                result = json.loads(lines[-1][7:])
-                results[which].append(result)
-                print(f"repeat {repeat + 1} {which:>11}: {result['tokens_per_s']:.1f} tok/s, "
-                      f"peak RSS {result['peak_rss_gb']:.2f} GB, first loss {result['first_loss']:.5f}, "
-                      f"sys {result['system_s']:.1f} s, minor faults {result['minor_faults']}", flush=True)
+        results = run_interleaved(__file__, variants, data, args.steps, args.repeats)
 
     def median(which, key):
-        return statistics.median(r[key] for r in results[which])
+        return harness_median(results, which, key)
 
     print(f"\nmedians over {args.repeats} runs each, {args.steps} steps (steps 2..{args.steps} timed), batch {BATCH}, "
           f"max length {MAX_LENGTH}, fp32, {os.cpu_count()} CPUs")
