@@ -42,9 +42,10 @@ def save_checkpoint(directory: Path, save_model, optimizer, state: dict, keep_la
     return directory
 
 
-def load_checkpoint(directory: Path, model, optimizer) -> dict:
-    """Restore model weights, optimizer and RNG states from ``directory``; returns the trainer state."""
-    load_model_weights(model, directory)
+def load_checkpoint(directory: Path, load_model, optimizer) -> dict:
+    """Restore model weights (``load_model(directory)``, the inverse of the ``save_model`` that wrote them), optimizer
+    and RNG states from ``directory``; returns the trainer state."""
+    load_model(directory)
     skeleton = json.loads((directory / "optimizer.json").read_text())
     optimizer.load_state_dict(unflatten_tensors(load_file(directory / "optimizer.safetensors"), skeleton))
     rng = load_file(directory / "rng.safetensors")

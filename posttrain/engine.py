@@ -26,7 +26,7 @@ from typing import Callable, Literal, Protocol
 
 import torch
 
-from posttrain.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from posttrain.checkpoint import list_checkpoints, load_checkpoint, load_model_weights, save_checkpoint
 from posttrain.data.batching import collate, count_real_tokens, split_micro_batches, step_batches
 from posttrain.data.tokenize import Example
 from posttrain.errors import ConfigError, PosttrainError, require
@@ -110,6 +110,7 @@ class Engine:
         save_model: Callable[[Path], None],
         resolved_config: dict | None = None,
         callbacks: list[Callable[["Engine", dict], None]] | None = None,
+        load_model: Callable[[Path], None] | None = None,
     ):
         if not train_examples:
             raise ConfigError("the training set is empty")
@@ -119,7 +120,8 @@ class Engine:
         self.train_examples = train_examples
         self.eval_examples = eval_examples or []
         self.pad_token_id = pad_token_id
-        self.save_model = save_model
+        self.save_model = save_model  # writes the model into a checkpoint folder; load_model reads it back
+        self.load_model = load_model or (lambda directory: load_model_weights(model, directory))
         self.resolved_config = resolved_config or {}
         self.callbacks = callbacks or []
         self.collate = getattr(method, "collate", collate)
@@ -141,12 +143,16 @@ class Engine:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         if config.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # a transformers model, or a container of them (PPO: policy and value model)
+            models = [self.model] if hasattr(self.model, "gradient_checkpointing_enable") else self.model.children()
+            for model in models:
+                if hasattr(model, "gradient_checkpointing_enable"):
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         state = self._fresh_state()
         if resume_dir is not None:
-            state = load_checkpoint(resume_dir, self.model, self.optimizer)
+            state = load_checkpoint(resume_dir, self.load_model, self.optimizer)
             self.scheduler.load_state_dict(state.pop("scheduler"))
             self._truncate_log(state["step"])
             log.warning("resumed from %s at step %d", resume_dir, state["step"])

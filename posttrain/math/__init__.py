@@ -35,6 +35,13 @@ from posttrain.math.preference import (
     reward_centering_penalty,
     simpo_loss,
 )
+from posttrain.math.rlhf import (
+    adaptive_kl_coef,
+    approximate_kl,
+    explained_variance,
+    kl_penalized_rewards,
+    token_level_scores,
+)
 from posttrain.math.sft import sft_nll_sum
 
 __all__ = [
@@ -65,5 +72,10 @@ __all__ = [
     "naive_token_logps",
     "sequence_token_logps",
     "sft_nll_sum",
+    "adaptive_kl_coef",
+    "approximate_kl",
+    "explained_variance",
+    "kl_penalized_rewards",
+    "token_level_scores",
     "shifted_targets",
 ]

@@ -82,12 +82,25 @@ def token_logps(
 
     ``temperature`` T scores the distribution softmax(logits / T) that a sampler at temperature T draws from (RL
     methods train on what they sampled); logits / T = (h / T) W^T + b / T, so the hidden states are scaled instead."""
+    return logps_from_hidden(model, hidden_states(model, batch), batch, mask_key, with_entropy, chunk_size, temperature)
+
+
+def logps_from_hidden(
+    model,
+    hidden: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    mask_key: str = "loss_mask",
+    with_entropy: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
+) -> tuple[TokenLogps, torch.Tensor]:
+    """``token_logps`` from decoder hidden states ``(B, T, H)`` already computed (e.g. shared with a value head)."""
     lm = causal_lm(model)
     config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         raise NotImplementedError(f"{type(lm).__name__} rescales its logits; chunked log-probs do not support it yet")
     head = lm.get_output_embeddings()
-    hidden, bias = hidden_states(model, batch), head.bias
+    bias = head.bias
     if temperature != 1.0:
         hidden, bias = hidden / temperature, None if bias is None else bias / temperature
     return sequence_token_logps(

@@ -75,7 +75,7 @@ def load_reward_model(spec: str, dtype: str = "auto", device: str = "auto", trus
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"reward model {spec!r}: not loadable as a sequence-scoring model ({exc})") from None
         if any(key.startswith("score.") for key in info["missing_keys"]):  # a causal LM: its head is new
-            init_score_head(model, seed)
+            init_score_head(model.score, seed)
     return model.to(dtype=torch_dtype, device=torch_device), tokenizer
 
 
@@ -89,14 +89,14 @@ def from_causal_lm(lm, tokenizer, seed: int = 0):
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_config(config)
     model.base_model.load_state_dict(lm.base_model.state_dict())
-    init_score_head(model, seed)
+    init_score_head(model.score, seed)
     return model.to(next(lm.parameters()).dtype)
 
 
-def init_score_head(model, seed: int = 0) -> None:
-    """score ~ N(0, 1 / (H + 1)) per weight: initial scores of order the hidden states' RMS, not 0 (a zero head has no
-    gradient into the decoder at the first step) and not large (TRL's choice, after Stiennon et al. 2020)."""
-    head = model.score
+def init_score_head(head: torch.nn.Linear, seed: int = 0) -> None:
+    """A scalar head (reward model's ``score``, PPO's value head) with weights ~ N(0, 1 / (H + 1)): initial scores of
+    order the hidden states' RMS, not 0 (a zero head has no gradient into the decoder at the first step) and not
+    large (TRL's choice, after Stiennon et al. 2020)."""
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(head.in_features + 1))

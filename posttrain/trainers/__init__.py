@@ -3,6 +3,7 @@
 from posttrain.trainers.dpo import DPOConfig, PreferenceMethod, train_dpo
 from posttrain.trainers.grpo import GRPOConfig, PolicyGradientMethod, train_grpo
 from posttrain.trainers.kto import KTOConfig, KTOMethod, train_kto
+from posttrain.trainers.ppo import PPOConfig, PPOMethod, train_ppo
 from posttrain.trainers.reward import RewardConfig, RewardModelMethod, train_reward
 from posttrain.trainers.sft import SFTConfig, SFTLoss, train_sft
 
@@ -17,7 +18,8 @@ METHODS = {
     "rloo": (GRPOConfig, train_grpo),
     "reinforce": (GRPOConfig, train_grpo),
     "reward": (RewardConfig, train_reward),
+    "ppo": (PPOConfig, train_ppo),
 }
 
-__all__ = ["METHODS", "DPOConfig", "GRPOConfig", "PolicyGradientMethod", "train_grpo", "KTOConfig", "KTOMethod", "PreferenceMethod", "RewardConfig", "RewardModelMethod", "SFTConfig", "SFTLoss", "train_dpo",
+__all__ = ["METHODS", "DPOConfig", "GRPOConfig", "PolicyGradientMethod", "train_grpo", "KTOConfig", "KTOMethod", "PPOConfig", "PPOMethod", "train_ppo", "PreferenceMethod", "RewardConfig", "RewardModelMethod", "SFTConfig", "SFTLoss", "train_dpo",
            "train_kto", "train_reward", "train_sft"]

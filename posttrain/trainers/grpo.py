@@ -15,16 +15,14 @@ Algorithm (one optimizer step; the engine runs the loop, precision, clipping, ch
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from posttrain.data import load_rows
 from posttrain.data.preference import collate_sequences
 from posttrain.engine import Engine, LossOutput
 from posttrain.errors import ConfigError
@@ -33,36 +31,26 @@ from posttrain.math.advantages import leave_one_out_advantages, moving_average
 from posttrain.math.policy import aggregated_loss_sum, loss_normaliser
 from posttrain.models.forward import token_logps
 from posttrain.rollout import SamplingParams, chat_prompts, sample
-from posttrain.tasks import Problem, get_task
 from posttrain.tasks.rewards import build_reward
-from posttrain.trainers.common import (
-    PolicyTrainingConfig,
-    load_policy,
-    read_log,
-    run_summary,
-    train_and_save,
-    write_evaluation,
-)
+from posttrain.trainers.common import load_policy, train_and_save, write_evaluation
 from posttrain.trainers.reference import ReferencePolicy
+from posttrain.trainers.rl import (
+    OnlineRLConfig,
+    PromptExample,
+    greedy_evaluation,
+    load_problems,
+    prompt_batch,
+    rl_evaluation,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class GRPOConfig(PolicyTrainingConfig):
+class GRPOConfig(OnlineRLConfig):
     method: Literal["grpo", "rloo", "reinforce"] = "grpo"
-    task: str = "arithmetic"  # where prompts (and the default reward) come from, unless data.path is set
-    task_options: dict[str, Any] = field(default_factory=dict)
-    rewards: list[dict[str, Any]] = field(default_factory=list)  # [{name: task} | {function: "mod:fn"}, weight]
-    num_train_prompts: int = field(default=2000, metadata={"min": 1})
-    num_eval_prompts: int = field(default=200, metadata={"min": 0})
     batch_size: int = field(default=4, metadata={"min": 1})  # prompts per micro-batch (each gets group_size rows)
     group_size: int = field(default=8, metadata={"min": 1})  # G completions per prompt
-    max_new_tokens: int = field(default=64, metadata={"min": 1})
-    temperature: float = field(default=1.0, metadata={"min": 0.01})
-    top_p: float = field(default=1.0, metadata={"min": 0, "max": 1})
-    top_k: int = field(default=0, metadata={"min": 0})
-    stop_strings: list[str] = field(default_factory=list)
     scale_rewards: Literal["group", "batch", "none"] = "group"
     loss_aggregation: Literal["grpo", "token", "dr_grpo"] = "grpo"
     epsilon_low: float = field(default=0.2, metadata={"min": 0})
@@ -73,21 +61,9 @@ class GRPOConfig(PolicyTrainingConfig):
     mask_truncated_completions: bool = False  # completions without EOS carry no loss
     skip_zero_variance_groups: bool = False  # drop groups whose rewards are all equal (no signal) from the update
     baseline_decay: float = field(default=0.9, metadata={"min": 0, "max": 1})  # REINFORCE moving-average baseline
-    eval_samples: int = field(default=16, metadata={"min": 0})  # rows written to samples.jsonl at each evaluation
     learning_rate: float = field(default=5e-6, metadata={"min": 0})
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     logging_steps: int = field(default=1, metadata={"min": 1})
-
-
-@dataclass
-class PromptExample:
-    """A prompt the engine batches; the rollout turns it into group_size rows."""
-
-    prompt_ids: list[int]
-    index: int
-
-    def __len__(self) -> int:
-        return len(self.prompt_ids)
 
 
 class PolicyGradientMethod:
@@ -104,8 +80,7 @@ class PolicyGradientMethod:
         self.engine: Engine | None = None
         self.stats: dict[str, float] = {}
 
-    def collate(self, examples: list[PromptExample], pad_token_id: int) -> dict[str, torch.Tensor]:
-        return {"example_index": torch.tensor([e.index for e in examples])}
+    collate = staticmethod(prompt_batch)
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         if "loss_mask" not in batch:
@@ -235,33 +210,10 @@ class PolicyGradientMethod:
         return metrics
 
     # ------------------------------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
-        """Greedy answers to the held-out prompts: task accuracy and mean reward; samples.jsonl gets a few rows."""
-        was_training = model.training
-        model.eval()
-        params = SamplingParams(self.config.max_new_tokens, 0.0, stop_strings=tuple(self.config.stop_strings))
-        rollout = sample(model, self.tokenizer, self.eval_prompt_ids, params)
-        model.train(was_training)
-        problems = self.eval_problems
-        rewards, _ = self.reward([p.prompt for p in problems], rollout.texts, problems)
-        result = {"eval_reward": sum(rewards) / len(rewards),
-                  "eval_completion_length": float(rollout.completion_mask.sum(-1).float().mean()),
-                  "eval_truncated_fraction": float(rollout.truncated.float().mean()), "eval_items": len(problems)}
-        if self.task is not None:
-            correct = [self.task.is_correct(p, text) for p, text in zip(problems, rollout.texts)]
-            result["eval_accuracy"] = sum(correct) / len(correct)
-        self.write_samples(problems, rollout.texts, rewards)
-        return result
-
-    def write_samples(self, problems, texts, rewards) -> None:
         step = self.engine.state["step"] if self.engine and hasattr(self.engine, "state") else 0
-        path = Path(self.config.output_dir) / "samples.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
-            for problem, text, reward in list(zip(problems, texts, rewards))[: self.config.eval_samples]:
-                handle.write(json.dumps({"step": step, "prompt": problem.prompt, "answer": problem.answer,
-                                         "completion": text, "reward": reward}) + "\n")
+        return greedy_evaluation(self.config, model, self.tokenizer, self.eval_prompt_ids, self.eval_problems,
+                                 self.reward, self.task, step)
 
 
 def train_grpo(config: GRPOConfig, callbacks=None) -> dict:
@@ -280,36 +232,3 @@ def train_grpo(config: GRPOConfig, callbacks=None) -> dict:
     state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
     output_dir = Path(config.output_dir)
     return write_evaluation(output_dir, rl_evaluation(config, model, state))
-
-
-def load_problems(config: GRPOConfig):
-    """Train and held-out problems from the task's seeded generator, or prompts (+ answers) from data.path."""
-    if config.data.path:
-        def problems(path, split):
-            rows = load_rows(path, split)
-            missing = [r.where for r in rows if "prompt" not in r.values]
-            if missing:
-                raise ConfigError(f"{missing[0]}: RL prompts need a 'prompt' column")
-            return [Problem(r.values["prompt"], str(r.values.get("answer", "")), dict(r.values)) for r in rows]
-
-        task = get_task(config.task, **config.task_options) if config.task else None
-        train = problems(config.data.path, config.data.split)
-        held_out = problems(config.data.eval_path or config.data.path, config.data.eval_split) \
-            if (config.data.eval_path or config.data.eval_split) else []
-        return task, train, held_out
-    task = get_task(config.task, **config.task_options)
-    return task, task.problems("train", config.num_train_prompts, config.seed), \
-        task.problems("eval", config.num_eval_prompts, config.seed)
-
-
-def rl_evaluation(config: GRPOConfig, model, state: dict) -> dict:
-    """evaluation.json: held-out greedy accuracy and reward after training, the step-0 values as baseline."""
-    evals = [r for r in read_log(config.output_dir) if "eval_reward" in r]
-    result = run_summary(config, model, state)
-    names = ("eval_accuracy", "eval_reward", "eval_completion_length", "eval_truncated_fraction")
-    if evals:
-        last = evals[-1]
-        result["metrics"] = {n[5:]: {"value": last[n], "n_prompts": last["eval_items"]} for n in names if n in last}
-        if evals[0]["step"] == 0 and state["step"] > 0:
-            result["baseline"] = {n[5:]: evals[0][n] for n in names if n in evals[0]}
-    return result
