@@ -29,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     generate.add_argument("--device", default="auto")
 
+    pipeline = commands.add_parser("pipeline", help="run training stages in order (e.g. SFT -> reward model -> PPO)",
+                                   description="Run the stages of a pipeline file in order, each reading the folders "
+                                   "of the stages before it; complete stages are skipped, so running it again after "
+                                   "an interruption goes on where it stopped. See configs/rlhf.yaml.")
+    pipeline.add_argument("config", help="a pipeline .yaml/.json file (output_dir + stages)")
+    pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the pipeline file")
+
     commands.add_parser("models", help="list the built-in model specs and where they come from",
                         description="List the built-in model specs and where they come from.")
 
@@ -98,6 +105,12 @@ def _run(args) -> int:
 
         run(args.algorithm, quick=args.quick, seed=args.seed, episodes=args.episodes, render=args.render,
             output_dir=args.output_dir)
+        return 0
+    if args.command == "pipeline":
+        from posttrain.pipeline import run_pipeline
+
+        results = run_pipeline(args.config, args.overrides)
+        print(json.dumps({name: result.get("metrics", result) for name, result in results.items()}, indent=2))
         return 0
     raise AssertionError(args.command)
 
