@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from sft_vs_trl import benchmark_rows  # noqa: E402
 
+from posttrain.engine import preallocate_training_state  # noqa: E402
 from posttrain.data import DataConfig, collate, load_rows, normalize_rows, tokenize_sft  # noqa: E402
 from posttrain.models import load_model  # noqa: E402
 from posttrain.models.forward import token_logps  # noqa: E402
@@ -47,6 +48,9 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--free-grads", action="store_true", help="zero_grad(set_to_none=True) after each step")
+    parser.add_argument("--no-preallocate", action="store_true",
+                        help="let the first step create the AdamW moments (and gradients), as before the engine's "
+                             "preallocate_training_state")
     args = parser.parse_args()
 
     model, tokenizer = load_model("smollm2-135m-instruct", "float32")
@@ -62,6 +66,8 @@ def main() -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    if not args.no_preallocate:
+        preallocate_training_state(optimizer, with_grads=not args.free_grads)
     total = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     print(f"loaded: rss {rss_gib():.2f} GiB; step = {len(batches)} x {args.micro_batch} sequences, {tokens} tokens")

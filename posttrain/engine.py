@@ -149,6 +149,7 @@ class Engine:
                 if hasattr(model, "gradient_checkpointing_enable"):
                     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.optimizer = self._optimizer()
+        preallocate_training_state(self.optimizer, with_grads=self._keep_grad_buffers())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         state = self._fresh_state()
         if resume_dir is not None:
@@ -397,19 +398,22 @@ class Engine:
 
     # --------------------------------------------------------------------------------------------- set-up
     def _optimizer(self) -> torch.optim.Optimizer:
-        """AdamW; biases and norm weights (1-D) get no weight decay. Fused kernels where this torch has them."""
-        decay, no_decay = [], []
+        """AdamW; biases and norm weights (1-D) get no weight decay. Fused kernels where this torch has them.
+        A method may give some parameters their own learning rate with ``learning_rates(model) -> {id(param): lr}``
+        (PPO's critic); the schedule scales every group alike."""
+        base = self.config.learning_rate
+        rates = self.method.learning_rates(self.model) if hasattr(self.method, "learning_rates") else {}
+        groups: dict[tuple[float, bool], list] = {(base, True): [], (base, False): []}
         for param in self.model.parameters():
             if param.requires_grad:
-                (decay if param.dim() >= 2 else no_decay).append(param)
-        groups = [{"params": decay, "weight_decay": self.config.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        kwargs = dict(lr=self.config.learning_rate, betas=(self.config.adam_beta1, self.config.adam_beta2),
-                      eps=self.config.adam_epsilon)
+                groups.setdefault((rates.get(id(param), base), param.dim() >= 2), []).append(param)
+        param_groups = [{"params": params, "lr": lr, "weight_decay": self.config.weight_decay if decay else 0.0}
+                        for (lr, decay), params in groups.items() if params or lr == base]
+        kwargs = dict(lr=base, betas=(self.config.adam_beta1, self.config.adam_beta2), eps=self.config.adam_epsilon)
         try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
+            return torch.optim.AdamW(param_groups, fused=True, **kwargs)
         except (RuntimeError, TypeError, ValueError):
-            return torch.optim.AdamW(groups, foreach=True, **kwargs)
+            return torch.optim.AdamW(param_groups, foreach=True, **kwargs)
 
     def _keep_grad_buffers(self) -> bool:
         keep = self.config.keep_grad_buffers
@@ -451,6 +455,24 @@ class Engine:
 
 RUN_OUTPUTS = ("log_history.jsonl", "samples.jsonl", "ppo_metrics.jsonl", "evaluation.json", "checkpoints", "final",
                "tensorboard")
+
+
+def preallocate_training_state(optimizer: torch.optim.Optimizer, with_grads: bool) -> None:
+    """Create AdamW's two moments (and, when they are kept between steps, the gradient buffers) now, before the first
+    forward pass: the same zeros the first step would create, but the long-lived buffers then lie together instead
+    of in the holes that step 1's freed activations leave, which lowers the peak RSS of every later step
+    (docs/benchmarks.md, SFT memory). Loading a checkpoint replaces them."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if with_grads:
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+    if type(optimizer) is not torch.optim.AdamW or optimizer.state or optimizer.defaults.get("amsgrad"):
+        return
+    state = {index: {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(param),
+                     "exp_avg_sq": torch.zeros_like(param)} for index, param in enumerate(params)}
+    # load_state_dict puts "step" where this optimizer keeps it (on the parameter's device for fused kernels)
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
 def clear_run_outputs(output_dir: Path) -> None:

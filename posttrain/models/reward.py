@@ -94,9 +94,9 @@ def from_causal_lm(lm, tokenizer, seed: int = 0):
 
 
 def init_score_head(head: torch.nn.Linear, seed: int = 0) -> None:
-    """A scalar head (reward model's ``score``, PPO's value head) with weights ~ N(0, 1 / (H + 1)): initial scores of
-    order the hidden states' RMS, not 0 (a zero head has no gradient into the decoder at the first step) and not
-    large (TRL's choice, after Stiennon et al. 2020)."""
+    """A reward model's ``score`` head with weights ~ N(0, 1 / (H + 1)): initial scores of order the hidden states'
+    RMS, not 0 (a zero head has no gradient into the decoder at the first step) and not large (TRL's choice, after
+    Stiennon et al. 2020)."""
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(head.in_features + 1))

@@ -53,7 +53,7 @@ from posttrain.math import (
 )
 from posttrain.models.forward import causal_lm, hidden_states, logps_from_hidden
 from posttrain.models.lora import is_peft_model
-from posttrain.models.reward import RewardModelScorer, init_score_head, load_reward_model
+from posttrain.models.reward import RewardModelScorer, load_reward_model
 from posttrain.models.saving import save_model
 from posttrain.rollout import SamplingParams, chat_prompts, sample
 from posttrain.tasks.rewards import build_reward
@@ -86,6 +86,7 @@ class PPOConfig(OnlineRLConfig):
     cliprange: float = field(default=0.2, metadata={"min": 0})
     cliprange_value: float | None = field(default=0.2, metadata={"min": 0})  # None: unclipped value loss
     vf_coef: float = field(default=0.1, metadata={"min": 0})
+    value_learning_rate: float | None = field(default=None, metadata={"min": 0})  # the critic's own; None: learning_rate
     entropy_coef: float = field(default=0.0, metadata={"min": 0})
     kl_coef: float = field(default=0.05, metadata={"min": 0})  # beta of r_t = s_t - beta kl_t (initial, if adaptive)
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
@@ -158,6 +159,14 @@ class PPOMethod:
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["loss_mask"][:, 1:].sum()) if "loss_mask" in batch else 0
+
+    def learning_rates(self, model) -> dict[int, float]:
+        """The critic's parameters at value_learning_rate (a new value head needs a far larger step than the
+        policy's fine-tuning rate to become a useful baseline within a few rollouts)."""
+        if self.config.value_learning_rate is None:
+            return {}
+        critic = model.value_head if model.value_head is not None else model.value_model
+        return {id(p): self.config.value_learning_rate for p in critic.parameters()}
 
     # --------------------------------------------------------------------------------- steps 1-5: the rollout
     def prepare_step(self, model, micro_batches: list[dict[str, torch.Tensor]]) -> None:
@@ -342,7 +351,8 @@ def build_critic(config: PPOConfig, policy, tokenizer):
     if config.shared_value_head:
         hidden_size = causal_lm(policy).config.get_text_config().hidden_size
         head = torch.nn.Linear(hidden_size, 1).to(next(policy.parameters()).device)
-        init_score_head(head, config.seed)
+        torch.nn.init.zeros_(head.weight)  # V = 0 to start: no worse than the mean return, and no random bias
+        torch.nn.init.zeros_(head.bias)
         return None, head
     source = config.value_model
     if source is None:
