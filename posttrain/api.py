@@ -26,3 +26,12 @@ def train(config: str | Path | dict, overrides: list[str] | None = None, callbac
     """Train from a config file or dict; returns the evaluation written to ``output_dir/evaluation.json``."""
     train_function, typed = build_method_config(config, overrides)
     return train_function(typed, callbacks=callbacks)
+
+
+def evaluate(model="smollm2-135m-instruct", suite="default", seed: int = 0, out: str | Path | None = None,
+             **options) -> dict:
+    """Evaluate a model spec (or a ``(model, tokenizer)`` pair) on a metric suite; returns the evaluation, also
+    written to ``out`` (default ``<model folder>/evaluation.json`` for a folder). See ``posttrain.eval.evaluate``."""
+    from posttrain.eval import evaluate as run_suite
+
+    return run_suite(model, suite, seed, out, **options)

@@ -59,6 +59,44 @@ def main(argv: list[str] | None = None) -> int:
     gym.add_argument("--quick", action="store_true", help="a small budget that runs in seconds (what the tests use)")
     gym.add_argument("--output-dir", default=None, help="where the run's files go (default runs/gym/<algorithm>)")
 
+    evaluate = commands.add_parser("eval", help="evaluate a model on a metric suite -> evaluation.json",
+                                   description="Run a metric suite (perplexity, verbosity, task accuracy, reward, KL, "
+                                   "win rate, preference accuracy, reward-hacking probes) on a model and write "
+                                   "evaluation.json and its samples file. See docs/eval.md.")
+    evaluate.add_argument("--model", required=True, help="built-in name, model or LoRA folder (e.g. runs/x/final), "
+                          "or hub id")
+    evaluate.add_argument("--suite", default="default", help="built-in suite (default, quick) or a .yaml/.json file")
+    evaluate.add_argument("--out", default=None, help="evaluation file to write (default: <model folder>/"
+                          "evaluation.json; required when the model is not a folder)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seeds problem draws and sampling (default 0)")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--dtype", default="auto")
+    evaluate.add_argument("--batch-size", type=int, default=32, help="completions generated together (default 32)")
+
+    compare = commands.add_parser("compare", help="evaluations side by side; --fail-on-regression for CI",
+                                  description="Print evaluation files (or run folders holding one) side by side, "
+                                  "marking changes larger than the noise; with --fail-on-regression exit 1 when a "
+                                  "metric got worse than the baseline by more than the threshold. RUN@baseline reads "
+                                  "a trainer's step-0 values. See docs/eval.md.")
+    compare.add_argument("evaluations", nargs="+", metavar="EVALUATION", help="evaluation.json files or run folders")
+    compare.add_argument("--baseline", default=None, help="the evaluation to compare against (default: the first)")
+    compare.add_argument("--markdown", default=None, metavar="FILE.md", help="also write the table as Markdown")
+    compare.add_argument("--csv", default=None, metavar="FILE.csv", help="also write the values as CSV (long format)")
+    compare.add_argument("--probes", default=None, metavar="FILE.md",
+                         help="write the reward-hacking probes' answers and rewards side by side")
+    compare.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a metric regressed")
+    compare.add_argument("--threshold", action="append", default=None, metavar="[METRIC=]X",
+                         help="regression threshold, relative to the baseline value (default 0.05); repeatable, "
+                         "METRIC=X for one metric")
+    compare.add_argument("--sigmas", type=float, default=2.0,
+                         help="a change is beyond noise above this many standard errors of the difference (default 2)")
+
+    plot = commands.add_parser("plot", help="PNG curves (loss, reward, KL, accuracy...) of a run's log",
+                               description="Plot a run's log_history.jsonl against step into RUN/plots/*.png "
+                               "(needs matplotlib: pip install 'posttrain[plot]').")
+    plot.add_argument("run", help="a run folder holding log_history.jsonl")
+    plot.add_argument("--out", default=None, help="folder for the PNGs (default RUN/plots)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -106,6 +144,16 @@ def _run(args) -> int:
         run(args.algorithm, quick=args.quick, seed=args.seed, episodes=args.episodes, render=args.render,
             output_dir=args.output_dir)
         return 0
+    if args.command == "eval":
+        return _evaluate(args)
+    if args.command == "compare":
+        return _compare(args)
+    if args.command == "plot":
+        from posttrain.eval.plot import plot_run
+
+        for path in plot_run(args.run, args.out):
+            print(path)
+        return 0
     if args.command == "pipeline":
         from posttrain.pipeline import run_pipeline
 
@@ -113,6 +161,53 @@ def _run(args) -> int:
         print(json.dumps({name: result.get("metrics", result) for name, result in results.items()}, indent=2))
         return 0
     raise AssertionError(args.command)
+
+
+def _evaluate(args) -> int:
+    """``posttrain eval``: exit 1 when a metric failed as a whole (its error is in evaluation.json)."""
+    from pathlib import Path
+
+    from posttrain.errors import ConfigError
+    from posttrain.eval import evaluate
+    from posttrain.eval.harness import summary_table
+
+    if args.out is None and not Path(args.model).is_dir():
+        raise ConfigError(f"--out is required when the model is not a folder ({args.model!r}), e.g. "
+                          "--out baseline.json")
+    result = evaluate(args.model, args.suite, args.seed, args.out, args.device, args.dtype, args.batch_size)
+    print(summary_table(result))
+    print(f"\nwrote {args.out or Path(args.model) / 'evaluation.json'} ({result['time_s']:.0f} s)")
+    return 1 if result["failed_metrics"] else 0
+
+
+def _compare(args) -> int:
+    """``posttrain compare``: exit 1 with --fail-on-regression when a metric regressed against the baseline."""
+    from posttrain.errors import ConfigError
+    from posttrain.eval import compare, read_evaluation
+    from posttrain.eval.compare import csv_table, different_methods, markdown_table, probe_table, text_table
+    from posttrain.io import atomic_write_text
+
+    evaluations = [read_evaluation(argument) for argument in args.evaluations]
+    baseline = args.evaluations[0] if args.baseline is None else args.baseline
+    if baseline not in args.evaluations:
+        evaluations.insert(0, read_evaluation(baseline))
+        args.evaluations.insert(0, baseline)
+    comparison = compare(evaluations, args.evaluations.index(baseline), args.threshold, args.sigmas)
+    if not comparison.rows:
+        raise ConfigError("these evaluations have no metrics to compare")
+    print(text_table(comparison))
+    for path, text in ((args.markdown, markdown_table), (args.csv, csv_table), (args.probes, probe_table)):
+        if path:
+            atomic_write_text(path, text(evaluations if text is probe_table else comparison))
+            print(f"wrote {path}")
+    for line in comparison.missing():
+        print(f"not compared: {line}", file=sys.stderr)
+    for line in different_methods(evaluations):
+        print(f"note: {line}", file=sys.stderr)
+    regressions = comparison.regressions()
+    for line in regressions:
+        print(f"regression: {line}", file=sys.stderr)
+    return 1 if args.fail_on_regression and regressions else 0
 
 
 if __name__ == "__main__":

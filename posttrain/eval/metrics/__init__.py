@@ -1,0 +1,39 @@
+"""The metric table: name -> (options dataclass, function). A suite entry names a metric and gives its options; the
+harness builds the options (typed, checked: ``posttrain.config.build_config``) and calls
+``function(context, options) -> MetricResult``.
+
+To add a metric: write its options dataclass and a function returning a ``MetricResult``, and add one line here.
+"""
+
+from posttrain.eval.metrics.generation import (
+    ProbeOptions,
+    RewardOptions,
+    TaskAccuracyOptions,
+    VerbosityOptions,
+    probes,
+    reward,
+    task_accuracy,
+    verbosity,
+)
+from posttrain.eval.metrics.judges import WinRateOptions, win_rate
+from posttrain.eval.metrics.likelihood import (
+    KLOptions,
+    PerplexityOptions,
+    PreferenceOptions,
+    kl,
+    perplexity,
+    preference_accuracy,
+)
+
+METRICS = {
+    "perplexity": (PerplexityOptions, perplexity),
+    "verbosity": (VerbosityOptions, verbosity),
+    "task_accuracy": (TaskAccuracyOptions, task_accuracy),
+    "reward": (RewardOptions, reward),
+    "kl": (KLOptions, kl),
+    "win_rate": (WinRateOptions, win_rate),
+    "preference_accuracy": (PreferenceOptions, preference_accuracy),
+    "probes": (ProbeOptions, probes),
+}
+
+__all__ = ["METRICS"]

@@ -1,0 +1,216 @@
+"""Metrics of what the model writes: verbosity, task accuracy (greedy and pass@k), reward, reward-hacking probes.
+
+Answers come from the rollout engine (batched, KV cache), greedy unless a metric samples; metrics that ask for the
+same prompts and settings share one generation (``EvalContext.generate``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from posttrain.errors import ConfigError, DataError
+from posttrain.eval.context import EvalContext
+from posttrain.eval.estimators import describe, mean_and_standard_error, pass_at_k
+from posttrain.eval.prompts import DEFAULT_PROBES, DEFAULT_PROMPTS, EvalPrompt, load_prompts
+from posttrain.eval.result import MetricResult, Value, score_each, try_each
+from posttrain.tasks import TASKS, RewardSpec, count_words, get_task
+
+PROBE_VARIANTS = ("plain", "padded", "flattery", "longer", "keywords")
+
+
+def mean_value(values: list[float], higher_is_better: bool | None = None) -> Value:
+    mean, stderr = mean_and_standard_error(values)
+    return Value(mean, len(values), stderr, higher_is_better)
+
+
+def check_reward_specs(specs: list[dict]) -> None:
+    """Reject a malformed reward list when the suite is read, before any model is loaded."""
+    if not specs:
+        raise ConfigError("option 'rewards' needs at least one reward, e.g. [{name: verbosity}] or "
+                          "[{model: runs/reward/final}]")
+    for entry in specs:
+        spec = RewardSpec.from_dict(entry)
+        if spec.name is not None and spec.name not in TASKS:
+            raise ConfigError(f"reward {entry!r}: unknown task {spec.name!r}; tasks: {', '.join(TASKS)}")
+        if spec.model is not None and not Path(spec.model).is_dir():
+            raise ConfigError(f"reward {entry!r}: no reward model folder {spec.model!r} (a reward run's final/)")
+
+
+# ----------------------------------------------------------------------------------------------------- verbosity
+@dataclass
+class VerbosityOptions:
+    prompts: str = DEFAULT_PROMPTS
+    limit: int | None = field(default=None, metadata={"min": 1})
+    max_new_tokens: int = field(default=96, metadata={"min": 1})
+
+
+def verbosity_values(texts: list[str], token_counts: list[int], word_limits: list[int | None]) -> dict[str, Value]:
+    """Length of answers in words (``posttrain.tasks.count_words``: whitespace-separated tokens holding a letter or
+    digit) and in tokens: mean, median, standard deviation. Over the prompts that state a word limit L, the
+    compliance rate: the share of answers with 1 <= words <= L (an empty answer does not comply)."""
+    words = [count_words(text) for text in texts]
+    values: dict[str, Value] = {}
+    for unit, counts in (("words", words), ("tokens", token_counts)):
+        stats = describe(counts)
+        values[f"{unit}_mean"] = mean_value([float(c) for c in counts])
+        values[f"{unit}_median"] = Value(stats["median"], len(counts))
+        values[f"{unit}_std"] = Value(stats["std"], len(counts))
+    complied = [1.0 if 1 <= w <= limit else 0.0 for w, limit in zip(words, word_limits) if limit is not None]
+    if complied:
+        values["word_limit_compliance"] = mean_value(complied, higher_is_better=True)
+    return values
+
+
+def verbosity(context: EvalContext, options: VerbosityOptions) -> MetricResult:
+    """Greedy answers to the prompt set, measured by ``verbosity_values``; ``truncated_fraction`` is the share that
+    hit ``max_new_tokens`` before ending."""
+    prompts = load_prompts(options.prompts, options.limit)
+    rollout = context.generate(context.policy, [p.prompt for p in prompts], options.max_new_tokens)
+    tokenizer = context.policy.tokenizer
+    tokens = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in rollout.texts]
+    values = verbosity_values(rollout.texts, tokens, [p.word_limit for p in prompts])
+    values["truncated_fraction"] = mean_value(rollout.truncated.float().tolist())
+    samples = [{"prompt": p.prompt, "output": text, "words": count_words(text), "tokens": n,
+                "word_limit": p.word_limit, "truncated": bool(cut)}
+               for p, text, n, cut in zip(prompts, rollout.texts, tokens, rollout.truncated.tolist())]
+    return MetricResult(values, samples, details={"prompts": options.prompts, "max_new_tokens": options.max_new_tokens})
+
+
+# ------------------------------------------------------------------------------------------------- task accuracy
+@dataclass
+class TaskAccuracyOptions:
+    task: str = "arithmetic"  # arithmetic, word_problems, constraints, verbosity (posttrain.tasks)
+    task_options: dict[str, Any] = field(default_factory=dict)
+    n: int = field(default=40, metadata={"min": 1})  # problems drawn from the split with the evaluation's seed
+    split: Literal["train", "eval"] = "eval"
+    max_new_tokens: int = field(default=48, metadata={"min": 1})
+    samples: int = field(default=0, metadata={"min": 0})  # completions sampled per problem for pass@k (0: none)
+    pass_at: list[int] = field(default_factory=lambda: [1])  # the k of pass@k, each <= samples
+    temperature: float = field(default=1.0, metadata={"min": 0.01})
+    top_p: float = field(default=1.0, metadata={"min": 0, "max": 1})
+
+    def __post_init__(self) -> None:
+        get_task(self.task, **self.task_options)  # an unknown task or option fails now, not after generating
+        if self.samples and not all(isinstance(k, int) and 1 <= k <= self.samples for k in self.pass_at):
+            raise ConfigError(f"pass_at={self.pass_at}: every k must be between 1 and samples={self.samples}")
+
+
+def task_accuracy(context: EvalContext, options: TaskAccuracyOptions) -> MetricResult:
+    """``accuracy``: the share of the task's held-out problems whose greedy answer its checker accepts. With
+    ``samples`` = n > 0, also pass@k for each k in ``pass_at``: the mean over problems of the unbiased estimator
+    1 - C(n - c, k) / C(n, k) from n sampled answers of which c are correct (Chen et al. 2021)."""
+    task = get_task(options.task, **options.task_options)
+    problems = task.problems(options.split, options.n, context.seed)
+    prompts = [p.prompt for p in problems]
+    result = MetricResult(details={"task": options.task, "split": options.split})
+    greedy = context.generate(context.policy, prompts, options.max_new_tokens).texts
+    correct = try_each(lambda item: task.is_correct(*item), list(zip(problems, greedy)), result.failures, "checker")
+    scored = [float(c) for c in correct if c is not None]
+    result.values["accuracy"] = mean_value(scored, higher_is_better=True)
+    result.samples = [{"prompt": p.prompt, "answer": p.answer, "output": text, "correct": c}
+                      for p, text, c in zip(problems, greedy, correct)]
+    if options.samples:
+        rollout = context.generate(context.policy, prompts, options.max_new_tokens, options.temperature,
+                                   options.samples, options.top_p)
+        groups = [rollout.texts[i * options.samples : (i + 1) * options.samples] for i in range(len(problems))]
+        checks = try_each(lambda item: [task.is_correct(item[0], text) for text in item[1]],
+                          list(zip(problems, groups)), result.failures, "checker (sampled)")
+        counts = [sum(c) for c in checks if c is not None]
+        for k in options.pass_at:
+            result.values[f"pass@{k}"] = mean_value([pass_at_k(options.samples, c, k) for c in counts], True)
+        for record, texts, c in zip(result.samples, groups, checks):
+            record.update(sampled_outputs=texts, sampled_correct=None if c is None else sum(c))
+        result.details.update(samples=options.samples, temperature=options.temperature)
+    return result
+
+
+# -------------------------------------------------------------------------------------------------------- reward
+@dataclass
+class RewardOptions:
+    rewards: list[dict[str, Any]]  # reward specs: {name: TASK} | {function: "module:fn"} | {model: PATH}, + weight
+    prompts: str = DEFAULT_PROMPTS
+    limit: int | None = field(default=None, metadata={"min": 1})
+    max_new_tokens: int = field(default=96, metadata={"min": 1})
+
+    def __post_init__(self) -> None:
+        check_reward_specs(self.rewards)
+
+
+def reward_scores(context: EvalContext, specs: list[dict], prompts: list[EvalPrompt], texts: list[str],
+                  failures: list[dict]) -> list[dict | None]:
+    """Per answer ``{"total": sum_k w_k r_k, label_k: r_k, ...}`` under the reward specs, or None where scoring
+    raised (recorded in ``failures``)."""
+    combined = context.reward_function(specs)
+
+    def score(batch_prompts, batch_texts, batch_problems):
+        totals, parts = combined(batch_prompts, batch_texts, batch_problems)
+        return [{"total": total, **{label: parts[label][i] for label in parts}} for i, total in enumerate(totals)]
+
+    return score_each(score, [[p.prompt for p in prompts], texts, [p.as_problem() for p in prompts]], failures,
+                      "reward")
+
+
+def reward(context: EvalContext, options: RewardOptions) -> MetricResult:
+    """The mean total reward sum_k w_k r_k(x, y) of the greedy answers to the prompt set (``posttrain.tasks.rewards``:
+    a task's checker, a ``module:function``, a trained reward model), and each reward's own mean when there are
+    several."""
+    prompts = load_prompts(options.prompts, options.limit)
+    texts = context.generate(context.policy, [p.prompt for p in prompts], options.max_new_tokens).texts
+    result = MetricResult(details={"rewards": options.rewards, "prompts": options.prompts})
+    scores = reward_scores(context, options.rewards, prompts, texts, result.failures)
+    scored = [s for s in scores if s is not None]
+    result.values[""] = mean_value([s["total"] for s in scored], higher_is_better=True)
+    labels = [label for label in scored[0] if label != "total"] if scored else []
+    if len(labels) > 1:
+        for label in labels:
+            result.values[label] = mean_value([s[label] for s in scored], higher_is_better=True)
+    result.samples = [{"prompt": p.prompt, "output": text, "reward": s} for p, text, s in zip(prompts, texts, scores)]
+    return result
+
+
+# ----------------------------------------------------------------------------------------- reward-hacking probes
+@dataclass
+class ProbeOptions:
+    rewards: list[dict[str, Any]]
+    probes: str = DEFAULT_PROBES  # rows with group, variant (plain, padded, flattery, longer, keywords), prompt
+    max_new_tokens: int = field(default=96, metadata={"min": 1})
+
+    def __post_init__(self) -> None:
+        check_reward_specs(self.rewards)
+
+
+def probes(context: EvalContext, options: ProbeOptions) -> MetricResult:
+    """Reward hacking probes: each request is asked plainly and perturbed in ways that should not change a good
+    answer (padded with irrelevant text, flattering the grader, asking for a longer answer despite the limit,
+    stuffed with keywords). Each answer's reward and length are logged side by side (``samples``; ``posttrain
+    compare --probes``). Values: the plain variant's mean reward and words, and for each perturbation the paired
+    differences over requests, reward_delta = mean_g [r(variant_g) - r(plain_g)] and words_delta likewise. A model
+    that games its reward moves them; a robust one keeps them near 0."""
+    prompts = load_prompts(options.probes)
+    for p in prompts:
+        if p.meta.get("variant") not in PROBE_VARIANTS or "group" not in p.meta:
+            raise DataError(f"probe {p.id!r}: needs a 'group' and a 'variant' in {', '.join(PROBE_VARIANTS)}")
+    texts = context.generate(context.policy, [p.prompt for p in prompts], options.max_new_tokens).texts
+    result = MetricResult(details={"rewards": options.rewards, "probes": options.probes})
+    scores = reward_scores(context, options.rewards, prompts, texts, result.failures)
+    by_group: dict[str, dict[str, tuple[float, int]]] = defaultdict(dict)
+    for p, text, score in zip(prompts, texts, scores):
+        words = count_words(text)
+        result.samples.append({"group": p.meta["group"], "variant": p.meta["variant"], "prompt": p.prompt,
+                               "output": text, "reward": None if score is None else score["total"], "words": words,
+                               "word_limit": p.word_limit})
+        if score is not None:
+            by_group[p.meta["group"]][p.meta["variant"]] = (score["total"], words)
+    plain = [variants["plain"] for variants in by_group.values() if "plain" in variants]
+    if plain:
+        result.values["plain/reward"] = mean_value([r for r, _ in plain])
+        result.values["plain/words"] = mean_value([float(w) for _, w in plain])
+    for variant in PROBE_VARIANTS[1:]:
+        pairs = [(v[variant], v["plain"]) for v in by_group.values() if variant in v and "plain" in v]
+        if pairs:
+            result.values[f"{variant}/reward_delta"] = mean_value([a[0] - b[0] for a, b in pairs])
+            result.values[f"{variant}/words_delta"] = mean_value([float(a[1] - b[1]) for a, b in pairs])
+    return result
