@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     compare = commands.add_parser("compare", help="evaluations side by side; --fail-on-regression for CI",
                                   description="Print evaluation files (or run folders holding one) side by side, "
                                   "marking changes larger than the noise; with --fail-on-regression exit 1 when a "
-                                  "metric got worse than the baseline by more than the threshold. RUN@baseline reads "
-                                  "a trainer's step-0 values. See docs/eval.md.")
+                                  "metric got worse than the baseline by more than the threshold, or a metric of "
+                                  "the baseline is missing, or an evaluation is incomplete. RUN reads the harness's "
+                                  "evaluation of RUN/final when there is one; RUN@trainer the trainer's own, "
+                                  "RUN@baseline its step-0 values. See docs/eval.md.")
     compare.add_argument("evaluations", nargs="+", metavar="EVALUATION", help="evaluation.json files or run folders")
     compare.add_argument("--baseline", default=None, help="the evaluation to compare against (default: the first)")
     compare.add_argument("--markdown", default=None, metavar="FILE.md", help="also write the table as Markdown")
@@ -200,14 +202,20 @@ def _compare(args) -> int:
         if path:
             atomic_write_text(path, text(evaluations if text is probe_table else comparison))
             print(f"wrote {path}")
-    for line in comparison.missing():
+    missing = comparison.missing()
+    for line in missing:
         print(f"not compared: {line}", file=sys.stderr)
+    incomplete = [f"{e.label}: status {e.status!r} (an interrupted evaluation)" for e in evaluations
+                  if e.status not in (None, "complete")]
+    for line in incomplete:
+        print(f"incomplete: {line}", file=sys.stderr)
     for line in different_methods(evaluations):
         print(f"note: {line}", file=sys.stderr)
     regressions = comparison.regressions()
     for line in regressions:
         print(f"regression: {line}", file=sys.stderr)
-    return 1 if args.fail_on_regression and regressions else 0
+    # a CI gate fails on what it could not check as well as on what got worse
+    return 1 if args.fail_on_regression and (regressions or missing or incomplete) else 0
 
 
 if __name__ == "__main__":

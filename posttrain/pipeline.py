@@ -14,7 +14,8 @@
       - name: evaluation
         evaluate: {model: "{ppo}", suite: default}  # posttrain.api.evaluate(...) -> runs/rlhf/evaluation/
 
-A stage is complete when its ``evaluation.json`` exists (trainers write it last, after ``final/``); complete stages
+A stage is complete when its ``evaluation.json`` exists (trainers write it last, after ``final/``; an evaluation
+stage's must also say ``status: complete``); complete stages
 are skipped, a stage with checkpoints resumes from the newest, any other starts clean. So an interrupted pipeline
 run again goes on where it stopped.
 """
@@ -47,9 +48,10 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None) -> dict[s
     for stage in stages:
         name, stage_dir = stage["name"], output_dir / stage["name"]
         where = f"{source}: stage {name!r}"
-        if (stage_dir / "evaluation.json").is_file():
+        done = complete_evaluation(stage_dir / "evaluation.json")
+        if done is not None:
             log.warning("%s: complete (%s), skipped", where, stage_dir / "evaluation.json")
-            results[name] = json.loads((stage_dir / "evaluation.json").read_text())
+            results[name] = done
             continue
         if "evaluate" in stage:
             from posttrain.api import evaluate
@@ -93,6 +95,15 @@ def check_stages(stages, source: str) -> list[dict]:
                                   f"(earlier: {', '.join(names) or 'none'})")
         names.append(stage["name"])
     return stages
+
+
+def complete_evaluation(path: Path) -> dict | None:
+    """A stage's evaluation.json, when the stage finished: a trainer writes it last; the harness writes it after
+    every metric with ``status: running`` until the last one, so an interrupted evaluation stage is run again."""
+    if not path.is_file():
+        return None
+    evaluation = json.loads(path.read_text())
+    return None if evaluation.get("status", "complete") != "complete" else evaluation
 
 
 def stage_model(evaluation: dict) -> str:

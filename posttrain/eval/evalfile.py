@@ -53,6 +53,7 @@ class Evaluation:
     metrics: dict[str, Value]
     samples: Path | None = None
     entries: dict = field(default_factory=dict)
+    status: str | None = None  # a harness file's: "complete", or "running" when it was interrupted
 
 
 def samples_path(evaluation_path: Path) -> Path:
@@ -60,24 +61,33 @@ def samples_path(evaluation_path: Path) -> Path:
     return evaluation_path.with_name(f"{evaluation_path.stem}_samples.jsonl")
 
 
-def locate(argument: str) -> Path:
-    """An evaluation file, or a folder holding one: ``RUN/evaluation.json``, else ``RUN/final/evaluation.json``."""
+def locate(argument: str, trainer: bool = False) -> Path:
+    """An evaluation file, or a folder holding one: ``RUN/final/evaluation.json`` (the harness's, written by
+    ``eval_suite`` or ``posttrain eval --model RUN/final``: the same suite for every method, with standard errors),
+    else ``RUN/evaluation.json`` (the trainer's own). ``trainer``: the trainer's own only (for ``RUN@baseline``)."""
     path = Path(argument)
     if path.is_file():
         return path
     if path.is_dir():
-        for candidate in (path / "evaluation.json", path / "final" / "evaluation.json"):
+        candidates = [path / "evaluation.json"] if trainer else [path / "final" / "evaluation.json",
+                                                                  path / "evaluation.json"]
+        for candidate in candidates:
             if candidate.is_file():
                 return candidate
+        if trainer:
+            raise DataError(f"{argument}: no trainer's evaluation.json in this folder (@baseline and @trainer read "
+                            "the one a training run writes at its end)")
         raise DataError(f"{argument}: a folder without evaluation.json (nor final/evaluation.json); evaluate it "
                         f"first: posttrain eval --model {argument}")
     raise DataError(f"{argument}: no such evaluation file or run folder")
 
 
 def read_evaluation(argument: str) -> Evaluation:
-    """Read ``argument`` (a file or run folder; ``RUN@baseline`` for a trainer's step-0 values) in any known format."""
+    """Read ``argument`` in any known format: a file or run folder; ``RUN@trainer`` for the trainer's own
+    ``evaluation.json`` of a run that also has the harness's, ``RUN@baseline`` for the trainer's step-0 values."""
     baseline = argument.endswith("@baseline")
-    path = locate(argument.removesuffix("@baseline"))
+    trainer = baseline or argument.endswith("@trainer")
+    path = locate(argument.removesuffix("@baseline").removesuffix("@trainer"), trainer=trainer)
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -112,7 +122,8 @@ def _read_posttrain_eval(path: Path, data: dict) -> Evaluation:
     metrics = {name: Value(m.get("value"), m.get("n", 0), m.get("stderr"), m.get("higher_is_better"))
                for name, m in data.get("metrics", {}).items()}
     samples = path.parent / data["samples"] if data.get("samples") else None
-    return Evaluation(str(path), path, "posttrain eval", data.get("model"), metrics, samples, data.get("entries", {}))
+    return Evaluation(str(path), path, "posttrain eval", data.get("model"), metrics, samples, data.get("entries", {}),
+                      data.get("status"))
 
 
 def _read_trainer(path: Path, data: dict) -> Evaluation:

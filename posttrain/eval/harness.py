@@ -31,12 +31,14 @@ MAX_FAILURES_KEPT = 20  # per metric, in evaluation.json; the count is always co
 
 def evaluate(model=EMBEDDED_DEFAULT, suite: str | Path | list | Suite = "default", seed: int = 0,
              out: str | Path | None = None, device: str = "auto", dtype: str = "auto", batch_size: int = 32,
-             progress: bool = True) -> dict:
+             progress: bool = True, label: str | None = None) -> dict:
     """Evaluate ``model`` (a model spec, or a ``(model, tokenizer)`` pair) on ``suite`` and return the evaluation.
 
     ``out``: where evaluation.json goes (its samples next to it, ``<stem>_samples.jsonl``); by default
     ``<model folder>/evaluation.json`` for a folder, and no files for anything else. ``batch_size``: completions
-    generated together. The suite is checked before the model loads, so a typo costs no time."""
+    generated together. ``label``: what the evaluation calls an in-memory model (default: its ``name_or_path``); a
+    trainer passes its ``final/`` folder, so that ``auto`` finds the model the run started from. The suite is checked
+    before the model loads, so a typo costs no time."""
     suite = load_suite(suite)
     if isinstance(model, (str, Path)):
         spec = str(model)
@@ -45,7 +47,7 @@ def evaluate(model=EMBEDDED_DEFAULT, suite: str | Path | list | Suite = "default
             out = Path(spec) / "evaluation.json"
     else:
         policy, tokenizer = model
-        spec = getattr(getattr(policy, "config", None), "name_or_path", None) or type(policy).__name__
+        spec = label or getattr(getattr(policy, "config", None), "name_or_path", None) or type(policy).__name__
     parameter = next(policy.parameters())
     report = Report(Path(out) if out is not None else None, {
         "format": FORMAT, "format_version": FORMAT_VERSION, "posttrain_version": __version__, "model": spec,

@@ -44,7 +44,8 @@ BUILTIN_SUITES: dict[str, list] = {
         {"metric": "preference_accuracy", "limit": 32},
         {"metric": "probes", "rewards": LENGTH_REWARD},
     ],
-    # every metric on a handful of items: a smoke test in seconds (tests use it with the tiny model)
+    # every metric on a handful of items: a smoke test in seconds (win_rate's judge is the embedded model, as in
+    # `default`; tests that evaluate a model with a known base give it `judge: {llm: tiny}`)
     "quick": [
         {"metric": "perplexity", "limit": 8},
         {"metric": "verbosity", "limit": 8, "max_new_tokens": 16},

@@ -30,10 +30,15 @@ class PolicyTrainingConfig(EngineConfig):
     trust_remote_code: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataConfig = field(default_factory=DataConfig)
+    # The harness's suite (`posttrain eval`: default, quick, or a suite file) run on the trained model at the end, so
+    # every method is measured the same way; written to final/evaluation.json (docs/eval.md). None: the method's own
+    # evaluation only.
+    eval_suite: str | None = None
 
 
 def load_policy(config: PolicyTrainingConfig):
     """The model to train (+ LoRA adapters) and its tokenizer; logs the trainable share."""
+    check_eval_suite(config)
     if config.quantization != "none" and not config.lora.enabled:
         raise ConfigError("quantization=4bit/8bit trains only adapters: set lora.enabled=true (QLoRA)")
     torch.manual_seed(config.seed)
@@ -86,6 +91,31 @@ def read_log(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
-def write_evaluation(output_dir: Path, evaluation: dict) -> dict:
-    atomic_write_text(Path(output_dir) / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
+def check_eval_suite(config: PolicyTrainingConfig) -> None:
+    """Read ``eval_suite`` before any model loads, so a typo in it costs no training time."""
+    if config.eval_suite is not None:
+        from posttrain.eval import load_suite
+
+        try:
+            load_suite(config.eval_suite)
+        except ConfigError as exc:
+            raise ConfigError(f"eval_suite: {exc}") from None
+
+
+def write_evaluation(config: PolicyTrainingConfig, evaluation: dict, model=None, tokenizer=None) -> dict:
+    """``output_dir/evaluation.json``, written last (a pipeline stage is complete once it exists). With
+    ``eval_suite``, first the harness's evaluation of the trained ``model`` (still in memory) into
+    ``final/evaluation.json``, with the harness's defaults (seed 0: the same problems as a ``posttrain eval`` baseline
+    whatever the run's seed), i.e. what ``posttrain eval --model OUTPUT_DIR/final`` writes. The method's evaluation
+    then names it as ``suite_evaluation`` (and ``posttrain compare OUTPUT_DIR`` reads it)."""
+    output_dir = Path(config.output_dir)
+    if config.eval_suite is not None:
+        from posttrain.eval import evaluate
+
+        final = output_dir / "final"
+        suite = evaluate((model, tokenizer), config.eval_suite, out=final / "evaluation.json", device=config.device,
+                         dtype=config.dtype, label=str(final))
+        evaluation["suite_evaluation"] = {"path": "final/evaluation.json", "suite": suite["suite"]["name"],
+                                          "failed_metrics": suite["failed_metrics"], "time_s": suite["time_s"]}
+    atomic_write_text(output_dir / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
     return evaluation

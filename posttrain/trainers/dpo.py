@@ -152,11 +152,10 @@ def train_dpo(config: DPOConfig, callbacks=None) -> dict:
 
     method = PreferenceMethod(config, reference)
     state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
-    output_dir = Path(config.output_dir)
     evaluation = preference_evaluation(config, model, state)
     if before is not None:
         evaluation["generations"] = compare_generations(config, before, generate_answers(config, model, tokenizer))
-    return write_evaluation(output_dir, evaluation)
+    return write_evaluation(config, evaluation, model, tokenizer)
 
 
 def load_pair_examples(config: DPOConfig, tokenizer):

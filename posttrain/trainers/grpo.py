@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -230,5 +229,4 @@ def train_grpo(config: GRPOConfig, callbacks=None) -> dict:
     train_examples = [PromptExample(ids, i) for i, ids in enumerate(method.prompt_ids)]
     eval_examples = [PromptExample(ids, i) for i, ids in enumerate(method.eval_prompt_ids)]
     state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
-    output_dir = Path(config.output_dir)
-    return write_evaluation(output_dir, rl_evaluation(config, model, state))
+    return write_evaluation(config, rl_evaluation(config, model, state), model, tokenizer)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -123,8 +122,7 @@ def train_kto(config: KTOConfig, callbacks=None) -> dict:
         reference = ReferencePolicy(model)
     method = KTOMethod(config, reference)
     state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
-    output_dir = Path(config.output_dir)
-    return write_evaluation(output_dir, kto_evaluation(config, model, state))
+    return write_evaluation(config, kto_evaluation(config, model, state), model, tokenizer)
 
 
 def load_unpaired_examples(config: KTOConfig, tokenizer):

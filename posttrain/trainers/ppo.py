@@ -324,7 +324,7 @@ def train_ppo(config: PPOConfig, callbacks=None) -> dict:
     state = engine.train()
     with atomic_dir(Path(config.output_dir) / "final") as tmp:
         model.save(tmp, tokenizer, config.model, save_merged=config.lora.save_merged)
-    return write_evaluation(Path(config.output_dir), rl_evaluation(config, policy, state))
+    return write_evaluation(config, rl_evaluation(config, policy, state), policy, tokenizer)
 
 
 def reward_specs(config: PPOConfig, task) -> list[dict]:

@@ -90,14 +90,17 @@ def train_reward(config: RewardConfig, callbacks=None) -> dict:
                             "give every pair a margin or none")
     method = RewardModelMethod(config)
     state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
-    output_dir = Path(config.output_dir)
-    return write_evaluation(output_dir, reward_evaluation(config, model, state))
+    return write_evaluation(config, reward_evaluation(config, model, state))
 
 
 def load_reward_policy(config: RewardConfig):
     """The reward model to train (+ LoRA adapters, the head trained in full) and its tokenizer."""
     if config.quantization != "none":
         raise ConfigError("quantization is not supported for reward models yet: set quantization=none")
+    if config.eval_suite is not None:
+        raise ConfigError("eval_suite runs the harness on a causal LM; a reward model's evaluation is its held-out "
+                          "pair accuracy (evaluation.json). To use it in a suite, name its final/ folder in a "
+                          "`reward` or `preference_accuracy` entry (docs/eval.md)")
     dtype = "float32" if config.dtype == "auto" and not config.lora.enabled else config.dtype
     model, tokenizer = load_reward_model(config.model, dtype, config.device, config.trust_remote_code, config.seed)
     if config.lora.enabled:

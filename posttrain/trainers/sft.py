@@ -62,8 +62,7 @@ def train_sft(config: SFTConfig, callbacks=None) -> dict:
         train_examples = pack_examples(train_examples, config.data.max_length)
 
     state = train_and_save(config, model, tokenizer, SFTLoss(), train_examples, eval_examples, callbacks)
-    output_dir = Path(config.output_dir)
-    return write_evaluation(output_dir, sft_evaluation(config, output_dir, state, model))
+    return write_evaluation(config, sft_evaluation(config, Path(config.output_dir), state, model), model, tokenizer)
 
 
 def load_sft_examples(data: DataConfig, tokenizer):

@@ -67,3 +67,16 @@ def test_bad_pipeline_files_name_the_stage_and_key(tmp_path, stages, message):
     path.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "stages": stages}))
     with pytest.raises(ConfigError, match=message):
         run_pipeline(path)
+
+
+def test_an_interrupted_evaluation_stage_runs_again(tmp_path):
+    from posttrain.pipeline import complete_evaluation
+
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps({"format": "posttrain.evaluation", "status": "running", "metrics": {}}))
+    assert complete_evaluation(path) is None
+    path.write_text(json.dumps({"format": "posttrain.evaluation", "status": "complete", "metrics": {}}))
+    assert complete_evaluation(path)["status"] == "complete"
+    path.write_text(json.dumps({"method": "sft", "metrics": {}}))  # a trainer's: written last, so complete
+    assert complete_evaluation(path) is not None
+    assert complete_evaluation(tmp_path / "missing.json") is None

@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from posttrain.cli import main
+from posttrain.eval.suite import BUILTIN_SUITES
 from posttrain.models import LoraSettings, apply_lora, build_tiny_model, save_model
 
 
@@ -65,3 +66,53 @@ def test_eval_exits_1_when_a_metric_failed(tmp_path, capsys):
     assert main(["eval", "--model", "tiny", "--suite", str(suite), "--out", str(tmp_path / "e.json")]) == 1
     captured = capsys.readouterr()
     assert "perplexity: failed" in captured.err and "nope.jsonl" in captured.out
+
+
+def test_a_training_run_ends_with_the_harness_when_eval_suite_is_set(tmp_path, write_jsonl, capsys):
+    """``eval_suite``: the trainer runs the harness on its trained model; ``compare RUN`` reads that evaluation, and
+    ``RUN@baseline`` still the trainer's step-0 values. The reference is the model the run started from."""
+    from posttrain.api import train
+    from posttrain.data.synthetic import arithmetic_sft
+
+    train_rows, eval_rows = arithmetic_sft(n_train=16, n_eval=8, seed=5)
+    run = tmp_path / "run"
+    quick = [dict(entry, judge={"llm": "tiny"}) if entry == "win_rate" or entry.get("metric") == "win_rate"
+             else entry for entry in (e if isinstance(e, dict) else {"metric": e} for e in BUILTIN_SUITES["quick"])]
+    suite = tmp_path / "quick_tiny_judge.yaml"
+    suite.write_text(yaml.safe_dump({"name": "quick-tiny-judge", "metrics": quick}))
+    config = {"method": "sft", "model": "tiny", "output_dir": str(run), "max_steps": 2, "batch_size": 4,
+              "learning_rate": 1e-2, "progress_bar": False, "seed": 3, "eval_suite": str(suite),
+              "data": {"path": str(write_jsonl("train.jsonl", train_rows)),
+                       "eval_path": str(write_jsonl("eval.jsonl", eval_rows)), "max_length": 64}}
+    evaluation = train(config)
+    assert evaluation["suite_evaluation"]["path"] == "final/evaluation.json"
+    assert json.loads((run / "evaluation.json").read_text())["suite_evaluation"]["suite"] == "quick-tiny-judge"
+    result = json.loads((run / "final" / "evaluation.json").read_text())
+    assert result["model"] == str(run / "final") and result["status"] == "complete" and not result["failed_metrics"]
+    assert result["seed"] == 0  # the harness's default, not the run's seed: comparable with a `posttrain eval`
+    # a full fine-tune's base is the run's `model`: KL and win rate run against it, and the weights moved
+    assert result["entries"]["kl"]["details"]["reference"] == "tiny" and result["metrics"]["kl"]["value"] > 0
+    assert result["entries"]["win_rate"]["details"]["baseline"] == "tiny"
+    assert result["entries"]["preference_accuracy"]["details"]["reward"] == "dpo"
+    # the in-memory evaluation equals a later `posttrain eval` of the saved final/ (same seed, same suite)
+    again = tmp_path / "again.json"
+    assert main(["eval", "--model", str(run / "final"), "--suite", str(suite), "--out", str(again)]) == 0
+    assert json.loads(again.read_text())["metrics"] == result["metrics"]
+    capsys.readouterr()
+    # RUN reads the harness's file; RUN@trainer and RUN@baseline the trainer's own, after and at step 0
+    assert main(["compare", f"{run}@baseline", f"{run}@trainer"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "perplexity" in rows and "kl" not in rows and "arithmetic/pass@2" not in rows
+    assert main(["compare", str(again), str(run)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "kl" in rows and "arithmetic/pass@2" in rows
+
+
+def test_a_bad_eval_suite_stops_the_run_before_training(tmp_path):
+    from posttrain.api import train
+    from posttrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_suite: unknown suite 'nightly'"):
+        train({"method": "sft", "model": "tiny", "output_dir": str(tmp_path / "run"), "eval_suite": "nightly",
+               "data": {"path": str(tmp_path / "never_read.jsonl")}})
+    assert not (tmp_path / "run").exists()

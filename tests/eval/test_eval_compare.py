@@ -128,3 +128,31 @@ def test_a_metric_computed_with_different_rewards_is_flagged(tmp_path, capsys):
         "metric": "preference_accuracy", "status": "ok", "details": {"reward": kind}}}) for kind in ("simpo", "dpo")]
     assert main(["compare", *files]) == 0
     assert "note: preference_accuracy used different rewards" in capsys.readouterr().err
+
+
+def test_fail_on_regression_also_fails_on_a_missing_metric_or_an_interrupted_evaluation(runs, tmp_path, capsys):
+    base = json.loads(open(runs["base"]).read())["metrics"]
+    lacking = write_evaluation(tmp_path / "lacking.json", {k: v for k, v in base.items() if k != "perplexity"})
+    interrupted = write_evaluation(tmp_path / "interrupted.json", base, status="running")
+    assert main(["compare", runs["base"], lacking]) == 0  # only reported without the flag
+    assert main(["compare", runs["base"], lacking, "--fail-on-regression"]) == 1
+    assert "not compared: " in capsys.readouterr().err
+    assert main(["compare", runs["base"], interrupted, "--fail-on-regression"]) == 1
+    assert "incomplete: " in capsys.readouterr().err
+    assert main(["compare", runs["base"], runs["same"], "--fail-on-regression"]) == 0
+
+
+def test_a_run_folder_reads_the_harness_file_and_at_trainer_the_trainers(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    write_evaluation(run / "final" / "evaluation.json", {"kl": metric(0.4, 0.03, None)})
+    (run / "evaluation.json").write_text(json.dumps({"method": "sft", "model": "tiny", "metrics": {
+        "perplexity": {"value": 2.0, "n_tokens": 90}}, "baseline": {"perplexity": 3.0}}))
+    assert set(read_evaluation(str(run)).metrics) == {"kl"}
+    assert read_evaluation(f"{run}@trainer").metrics["perplexity"].value == 2.0
+    assert read_evaluation(f"{run}@baseline").metrics["perplexity"].value == 3.0
+    assert main(["compare", f"{run}@trainer", str(run)]) == 0
+    assert "harness evaluations" in capsys.readouterr().err  # mixing the two kinds is pointed out
+    (run / "evaluation.json").unlink()
+    assert main(["compare", f"{run}@baseline"]) == 2
+    assert "no trainer's evaluation.json" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def test_llm_judge_compares_the_letters_log_probs(tokenizer):
     judge = LLMJudge(handle, batch_size=3)
     verdicts = judge(PROMPTS, ANSWERS, BASELINE)
     assert len(verdicts) == 4 and set(verdicts) <= {0.0, 0.5, 1.0}
-    assert judge(PROMPTS, ANSWERS, BASELINE) == verdicts  # batching by length does not change a verdict
+    # batching by length does not change a verdict: each question alone gives the same
     assert [judge([p], [a], [b])[0] for p, a, b in zip(PROMPTS, ANSWERS, BASELINE)] == verdicts
 
 
@@ -87,8 +87,9 @@ def test_win_rate_of_a_lora_model_against_its_base(tokenizer):
     context = EvalContext(model.eval(), tokenizer, "lora-tiny")
     result = win_rate(context, WinRateOptions(judge={"llm": "tiny"}, limit=4, max_new_tokens=8))
     assert result.details["baseline"].endswith("(adapters off)")
-    assert 0.0 <= result.values[""].value <= 1.0 and result.values[""].n == 4
     assert all({"output", "baseline_output", "first", "second", "win"} <= set(s) for s in result.samples)
+    judged = [s["win"] for s in result.samples if s["win"] is not None]
+    assert result.values[""].n == len(judged) and result.values[""].value == pytest.approx(sum(judged) / len(judged))
 
 
 def test_judge_options_are_checked():

@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 import sys
 import types
 
@@ -11,9 +12,12 @@ import torch
 from posttrain.data import encode_prompt_completion
 from posttrain.eval.context import EvalContext
 from posttrain.eval.estimators import pass_at_k
+from posttrain.errors import DataError
 from posttrain.eval.metrics.generation import (
+    ProbeOptions,
     RewardOptions,
     TaskAccuracyOptions,
+    probes,
     reward,
     task_accuracy,
     verbosity_values,
@@ -133,6 +137,45 @@ def test_kl_is_zero_against_itself_and_positive_once_adapters_move(tokenizer):
     assert moved.values[""].value > 1e-3 and moved.values["per_token"].value > 0
     assert moved.details["reference"].endswith("(adapters off)")
     assert all(s["kl"] >= 0 for s in moved.samples)  # k3 never goes negative
+    # several samples per prompt: prompts are the independent units, so n counts prompts and the value is the mean
+    pooled = kl(EvalContext(lora_tiny(perturb=True), tokenizer, "lora"), KLOptions(limit=3, samples=2,
+                                                                                   max_new_tokens=8))
+    per_sample = [s["kl"] for s in pooled.samples]
+    assert len(per_sample) == 6 and pooled.values[""].n == 3
+    assert pooled.values[""].value == pytest.approx(sum(per_sample) / 6)
+    by_prompt = [sum(s["kl"] for s in pooled.samples if s["prompt"] == p) / 2 for p in dict.fromkeys(
+        s["prompt"] for s in pooled.samples)]
+    assert pooled.values[""].stderr == pytest.approx(statistics.stdev(by_prompt) / math.sqrt(3))
+
+
+def test_perplexity_records_rows_with_nothing_to_score(tiny_model, tokenizer, write_jsonl, monkeypatch):
+    """A row whose only loss token is its first (nothing before it to predict from) is a recorded failure."""
+    from posttrain.data import Example
+    from posttrain.eval.metrics import likelihood
+
+    real = likelihood.tokenize_sft
+
+    def tokenize(rows, fmt, tokenizer, config):
+        if rows[0].values["text"] == "Hi":
+            return [Example([42], [1], rows[0].where)], None
+        return real(rows, fmt, tokenizer, config)
+
+    monkeypatch.setattr(likelihood, "tokenize_sft", tokenize)
+    rows = [{"text": "Hello there, how are you today?"}, {"text": "Hi"}]
+    context = EvalContext(tiny_model.eval(), tokenizer, "tiny")
+    result = perplexity(context, PerplexityOptions(data=str(write_jsonl("cut.jsonl", rows))))
+    assert result.values[""].n == 1 and result.values[""].value > 1
+    assert [f["index"] for f in result.failures] == [1] and "no completion tokens" in result.failures[0]["error"]
+    nothing = perplexity(context, PerplexityOptions(data=str(write_jsonl("hi.jsonl", rows[1:]))))
+    assert nothing.values[""].value is None and nothing.values[""].n == 0 and len(nothing.failures) == 1
+
+
+def test_probes_refuse_two_answers_for_one_request_and_variant(tiny_model, tokenizer, write_jsonl):
+    rows = [{"id": "a", "group": "g", "variant": "plain", "prompt": "Hi?"},
+            {"id": "b", "group": "g", "variant": "plain", "prompt": "Hello?"}]
+    context = EvalContext(tiny_model.eval(), tokenizer, "tiny")
+    with pytest.raises(DataError, match="group 'g' already has a 'plain' variant"):
+        probes(context, ProbeOptions(rewards=[{"name": "verbosity"}], probes=str(write_jsonl("p.jsonl", rows))))
 
 
 def test_kl_is_skipped_without_a_known_reference(tiny_model, tokenizer):
@@ -145,8 +188,12 @@ def test_preference_accuracy_counts_ties_as_half_and_falls_back_to_simpo(tokeniz
     at_reference = preference_accuracy(EvalContext(lora_tiny(perturb=False), tokenizer, "lora"), options)
     assert at_reference.details["reward"] == "dpo"
     assert at_reference.values[""].value == 0.5 and at_reference.values["margin"].value == pytest.approx(0, abs=1e-6)
-    no_reference = PreferenceOptions(limit=6, reference="none")
-    simpo = preference_accuracy(EvalContext(lora_tiny(perturb=True), tokenizer, "lora"), no_reference)
+    # `auto` with no known base (a plain model, not an adapter nor a run's final/) falls back to SimPO's reward
+    plain = build_tiny_model().eval()
+    simpo = preference_accuracy(EvalContext(plain, tokenizer, "tiny"), options)
     assert simpo.details["reward"] == "simpo" and simpo.values[""].n == 6
+    forced = preference_accuracy(EvalContext(lora_tiny(perturb=True), tokenizer, "lora"),
+                                 PreferenceOptions(limit=6, reference="none"))
+    assert forced.details["reward"] == "simpo"
     assert all(s["correct"] == float(s["chosen_reward"] > s["rejected_reward"]) for s in simpo.samples)
     json.dumps(simpo.samples)  # samples go to a JSONL file

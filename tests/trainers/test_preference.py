@@ -9,7 +9,7 @@ from posttrain.api import train
 from posttrain.data import DataConfig, load_rows, normalize_rows
 from posttrain.data.preference import collate_pairs, tokenize_pairs
 from posttrain.errors import DataError
-from posttrain.models import LoraSettings, apply_lora, build_tiny_model, load_tokenizer
+from posttrain.models import LoraSettings, apply_lora, build_tiny_model
 from posttrain.models.forward import token_logps
 from posttrain.trainers import reference as reference_module
 from posttrain.trainers.reference import ReferencePolicy

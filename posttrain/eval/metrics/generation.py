@@ -22,6 +22,10 @@ PROBE_VARIANTS = ("plain", "padded", "flattery", "longer", "keywords")
 
 
 def mean_value(values: list[float], higher_is_better: bool | None = None) -> Value:
+    """Mean and SE; no value (None, n = 0) when every item failed, so the failures are kept instead of the metric
+    failing as a whole."""
+    if not values:
+        return Value(None, 0, None, higher_is_better)
     mean, stderr = mean_and_standard_error(values)
     return Value(mean, len(values), stderr, higher_is_better)
 
@@ -190,9 +194,14 @@ def probes(context: EvalContext, options: ProbeOptions) -> MetricResult:
     differences over requests, reward_delta = mean_g [r(variant_g) - r(plain_g)] and words_delta likewise. A model
     that games its reward moves them; a robust one keeps them near 0."""
     prompts = load_prompts(options.probes)
+    seen: dict[tuple, str] = {}
     for p in prompts:
         if p.meta.get("variant") not in PROBE_VARIANTS or "group" not in p.meta:
             raise DataError(f"probe {p.id!r}: needs a 'group' and a 'variant' in {', '.join(PROBE_VARIANTS)}")
+        key = (p.meta["group"], p.meta["variant"])
+        if key in seen:  # the paired deltas need one answer per (request, variant)
+            raise DataError(f"probe {p.id!r}: group {key[0]!r} already has a {key[1]!r} variant ({seen[key]!r})")
+        seen[key] = p.id
     texts = context.generate(context.policy, [p.prompt for p in prompts], options.max_new_tokens).texts
     result = MetricResult(details={"rewards": options.rewards, "probes": options.probes})
     scores = reward_scores(context, options.rewards, prompts, texts, result.failures)

@@ -78,7 +78,15 @@ def perplexity(context: EvalContext, options: PerplexityOptions) -> MetricResult
     result = MetricResult(details={"data": options.data, "format": fmt})
     examples = try_each(lambda row: tokenize_sft([row], fmt, tokenizer, config)[0][0], rows, result.failures,
                         "tokenize")
-    kept = [i for i, e in enumerate(examples) if e is not None and sum(e.loss_mask[1:]) > 0]
+    kept = []
+    for i, example in enumerate(examples):
+        if example is not None and sum(example.loss_mask[1:]) == 0:
+            result.failures.append({"index": i, "error": "no completion tokens to score (cut by max_length?)"})
+        elif example is not None:
+            kept.append(i)
+    if not kept:  # every row failed: no value, but the failures are kept
+        result.values = {"": Value(None, 0, None, False), "nll_per_token": Value(None, 0, None, False)}
+        return result
     logps = scored_token_logps(context.policy, [examples[i] for i in kept], options.batch_size)
     nll = [-float(x.sum()) for x in logps]
     tokens = [x.numel() for x in logps]
@@ -122,11 +130,16 @@ def kl(context: EvalContext, options: KLOptions) -> MetricResult:
     logps = scored_token_logps(context.policy, examples, options.batch_size)
     ref_logps = scored_token_logps(reference, examples, options.batch_size)
     sequence_kl = [float(kl_estimate(a, b, options.estimator).sum()) for a, b in zip(logps, ref_logps)]
-    mean, stderr = mean_and_standard_error(sequence_kl)
-    per_token, per_token_stderr = ratio_and_standard_error(sequence_kl, lengths)
+    # the samples of one prompt are not independent of each other, prompts are: pool each prompt's, then average
+    kl_by_prompt, tokens_by_prompt = [0.0] * len(prompts), [0] * len(prompts)
+    for i, value, n in zip(rollout.prompt_index.tolist(), sequence_kl, lengths):
+        kl_by_prompt[i] += value
+        tokens_by_prompt[i] += n
+    mean, stderr = mean_and_standard_error([total / options.samples for total in kl_by_prompt])
+    per_token, per_token_stderr = ratio_and_standard_error(kl_by_prompt, tokens_by_prompt)
     row_prompts = [prompts[i] for i in rollout.prompt_index.tolist()]
     return MetricResult(
-        values={"": Value(mean, len(examples), stderr), "per_token": Value(per_token, len(examples), per_token_stderr)},
+        values={"": Value(mean, len(prompts), stderr), "per_token": Value(per_token, len(prompts), per_token_stderr)},
         samples=[{"prompt": p.prompt, "output": text, "tokens": n, "kl": value}
                  for p, text, n, value in zip(row_prompts, rollout.texts, lengths, sequence_kl)],
         details={"reference": reference.label, "estimator": options.estimator, "temperature": 1.0},
