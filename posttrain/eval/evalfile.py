@@ -64,7 +64,8 @@ def samples_path(evaluation_path: Path) -> Path:
 def locate(argument: str, trainer: bool = False) -> Path:
     """An evaluation file, or a folder holding one: ``RUN/final/evaluation.json`` (the harness's, written by
     ``eval_suite`` or ``posttrain eval --model RUN/final``: the same suite for every method, with standard errors),
-    else ``RUN/evaluation.json`` (the trainer's own). ``trainer``: the trainer's own only (for ``RUN@baseline``)."""
+    else ``RUN/evaluation.json`` (the trainer's own). ``trainer``: the trainer's own only (``RUN@trainer``,
+    ``RUN@baseline``)."""
     path = Path(argument)
     if path.is_file():
         return path
