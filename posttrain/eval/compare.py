@@ -110,8 +110,8 @@ def different_methods(evaluations: list[Evaluation]) -> list[str]:
     """Entries computed differently across evaluations (preference accuracy from a DPO implicit reward in one and
     SimPO's in another): their values do not compare, whatever the table says."""
     notes = []
-    sources = {e.kind.split(" (")[0] for e in evaluations}
-    if "posttrain eval" in sources and "trainer" in sources:
+    kinds = [e.kind for e in evaluations]
+    if "posttrain eval" in kinds and any(kind.startswith("trainer") for kind in kinds):
         notes.append("harness evaluations (posttrain eval, eval_suite) and trainers' own evaluation.json are side by "
                      "side: a metric of the same name may rest on other data there, so compare like with like "
                      "(RUN reads the harness's, RUN@trainer and RUN@baseline the trainer's)")

@@ -105,15 +105,20 @@ def run_base_spec(spec: str) -> str | None:
     if not path.is_dir():
         return None
     for folder in (path.parent, path.parent.parent):
-        config = folder / "config.json"
-        if config.is_file():
-            try:
-                data = json.loads(config.read_text())
-            except json.JSONDecodeError:
-                return None
-            if isinstance(data, dict) and "method" in data and isinstance(data.get("model"), str):
-                return data["model"]
+        config = read_run_config(folder / "config.json")
+        if config is not None and isinstance(config.get("model"), str):
+            return config["model"]
     return None
+
+
+def read_run_config(path: Path) -> dict | None:
+    """A posttrain run's resolved ``config.json`` (it names a ``method``; a transformers model config has a
+    ``model_type`` instead), or None for any other file or none."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and "method" in data and "model_type" not in data else None
 
 
 def require_same_vocabulary(a: ModelHandle, b: ModelHandle, purpose: str) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from posttrain import __version__
 from posttrain.errors import ModelLoadError
-from posttrain.eval.context import EvalContext
+from posttrain.eval.context import EvalContext, read_run_config
 from posttrain.eval.evalfile import FORMAT, FORMAT_VERSION, samples_path
 from posttrain.eval.result import MetricResult, describe_error
 from posttrain.eval.suite import Suite, SuiteEntry, load_suite
@@ -78,7 +78,7 @@ def load_evaluated_model(spec: str, dtype: str = "auto", device: str = "auto"):
         if not config.is_file():
             raise ModelLoadError(f"{spec} is a folder but not a model: it has no config.json (a full model) or "
                                  f"adapter_config.json (a LoRA adapter){_run_hint(path)}")
-        if _is_run_config(config):
+        if read_run_config(config) is not None:
             raise ModelLoadError(f"{spec} is a training run's folder, not a model{_run_hint(path)}")
     try:
         model, tokenizer = load_model(spec, dtype, device)
@@ -86,15 +86,6 @@ def load_evaluated_model(spec: str, dtype: str = "auto", device: str = "auto"):
         raise ModelLoadError(f"{spec}: could not load a model from it ({exc})") from None
     model.requires_grad_(False)
     return model, tokenizer
-
-
-def _is_run_config(path: Path) -> bool:
-    """A posttrain run's resolved config (it names a ``method``), not a transformers model config."""
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return False
-    return isinstance(data, dict) and "method" in data and "model_type" not in data
 
 
 def _run_hint(path: Path) -> str:
