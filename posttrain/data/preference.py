@@ -197,64 +197,96 @@ def collate_pairs(examples: list[PairExample], pad_token_id: int) -> dict[str, t
 
 
 def collate_pairs_packed(examples: list[PairExample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """B pairs -> at most B rows holding the 2B sequences back to back, with little padding.
+    """B pairs -> a few rows of whole pairs back to back, each pair's prompt run through the model once.
 
-    Sequences go into rows first-fit by decreasing length; a row is as wide as the longest pair (chosen + rejected),
-    so rows stay short and attention (quadratic in the row) stays cheap. ``position_ids`` restart at 0 for each
-    sequence, which transformers turns into a block-diagonal causal mask (as for packed SFT rows,
-    ``posttrain.data.batching.pack_examples``), so the log-probs equal the padded batch's (``collate_pairs``).
-    ``sequence_index`` names each token's sequence: pair k's chosen is k, its rejected B + k (``collate_pairs``'s row
-    order). Padding within a pair (chosen and rejected rarely have the same length) mostly disappears: with 4 pairs of
-    counting answers the padded batch was 8 x 168 = 1344 positions for 765 real tokens. No token is predicted across
-    a boundary: a sequence's first token is never a target. Padding continues the last sequence's positions and is
-    never a target.
+    A pair of prompt p (P tokens), chosen c and rejected r is one segment of P + C + R + 1 positions::
+
+        p[:-1] | p[-1] c | p[-1] r        (shared prefix | chosen branch | rejected branch)
+
+    Each branch starts with the prompt's last token, whose hidden state predicts the completion's first token, and
+    attends to the shared prefix and to itself, never to the other branch (``attention_mask_4d``, ``(R, 1, T, T)``
+    boolean, True = may attend); ``position_ids`` continue the prefix in both branches. So every token sees exactly
+    the tokens and positions it would see in its own padded row, and the log-probs equal ``collate_pairs``'s, while
+    a pair costs P + C + R + 1 positions instead of 2P + C + R (and no padding within the pair: chosen and rejected
+    rarely have the same length). Segments go into rows first-fit by decreasing length; a row is as wide as the
+    longest segment, so attention (quadratic in the row) stays cheap.
+
+    ``attention_mask`` stays 2D and marks real tokens (the engine counts them). ``sequence_index`` names each
+    token's sequence as ``collate_pairs`` orders its rows: pair k's chosen is k, its rejected B + k. A padding
+    position attends only to itself and is never a target; a sequence's first token is never a target.
     """
     n = len(examples)
-    sequences = [(k, e.prompt_ids, e.chosen_ids, e.ref_chosen) for k, e in enumerate(examples)]
-    sequences += [(n + k, e.prompt_ids, e.rejected_ids, e.ref_rejected) for k, e in enumerate(examples)]
-    width = max(2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
-    rows: list[list[tuple]] = []
+    segments = sorted(range(n), key=lambda k: -pair_segment_length(examples[k]))
+    width = pair_segment_length(examples[segments[0]])
+    rows: list[list[int]] = []
     room: list[int] = []
-    for sequence in sorted(sequences, key=lambda q: len(q[1]) + len(q[2]), reverse=True):
-        length = len(sequence[1]) + len(sequence[2])
+    for k in segments:
+        length = pair_segment_length(examples[k])
         fit = next((r for r, free in enumerate(room) if length <= free), None)
         if fit is None:
             rows.append([])
             room.append(width)
             fit = len(rows) - 1
-        rows[fit].append(sequence)
+        rows[fit].append(k)
         room[fit] -= length
-    width = max(width - free for free in room)
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros(shape, dtype=torch.long)
     loss_mask = torch.zeros(shape, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     sequence_index = torch.zeros(shape, dtype=torch.long)
+    # who may attend to whom: same segment, not later, and a branch token sees the prefix and its own branch only
+    segment_id = torch.arange(width).repeat(len(rows), 1) + n  # padding: a segment of its own
+    branch = torch.zeros(shape, dtype=torch.long)  # 0 prefix, 1 chosen branch, 2 rejected branch
+    ref_values: list[float] = []
     for r, row in enumerate(rows):
-        start = length = 0
-        for index, prompt, completion, _ in row:
-            length = len(prompt) + len(completion)
-            input_ids[r, start : start + length] = torch.tensor(prompt + completion)
-            loss_mask[r, start + max(len(prompt), 1) : start + length] = 1  # the first token is never a target
-            position_ids[r, start : start + length] = torch.arange(length)
-            sequence_index[r, start:] = index
-            start += length
-        attention_mask[r, :start] = 1
-        position_ids[r, start:] = torch.arange(length, length + width - start)
+        start = 0
+        for k in row:
+            e = examples[k]
+            prefix = e.prompt_ids[:-1]
+            head = e.prompt_ids[-1:]  # empty for an empty prompt: then a completion's first token is no target
+            end = start + len(prefix)
+            input_ids[r, start:end] = torch.tensor(prefix, dtype=torch.long)
+            position_ids[r, start:end] = torch.arange(len(prefix))
+            sequence_index[r, start:end] = k
+            for which, (completion, index) in enumerate(((e.chosen_ids, k), (e.rejected_ids, n + k)), start=1):
+                tokens = head + completion
+                lo, hi = end, end + len(tokens)
+                input_ids[r, lo:hi] = torch.tensor(tokens, dtype=torch.long)
+                position_ids[r, lo:hi] = torch.arange(len(prefix), len(prefix) + len(tokens))
+                loss_mask[r, lo + 1 : hi] = 1  # the completion (without a prompt, its first token has no predictor)
+                sequence_index[r, lo:hi] = index
+                branch[r, lo:hi] = which
+                end = hi
+            segment_id[r, start:end] = k
+            attention_mask[r, start:end] = 1
+            ref = (e.ref_chosen, e.ref_rejected)
+            ref_values.extend(x for values in ref if values is not None for x in values)
+            start = end
+        position_ids[r, start:] = torch.arange(width - start)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same_segment = segment_id[:, :, None] == segment_id[:, None, :]
+    visible_branch = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
-             "position_ids": position_ids, "sequence_index": sequence_index}
-    if all(q[3] is not None for q in sequences):
+             "position_ids": position_ids, "sequence_index": sequence_index,
+             "attention_mask_4d": (same_segment & visible_branch & causal)[:, None]}
+    if all(e.ref_chosen is not None and e.ref_rejected is not None for e in examples):
         # one value per target that carries loss, in row-major order (target column t predicts token t + 1)
         targets = loss_mask[:, 1:].bool()
-        values = torch.tensor([x for row in rows for q in row for x in q[3]], dtype=torch.float32)
-        if values.numel() != int(targets.sum()):
+        if len(ref_values) != int(targets.sum()):
             raise DataError("cached reference log-probs do not match the completions' lengths")
+        values = torch.tensor(ref_values, dtype=torch.float32)
         batch["ref_token_logps"] = torch.zeros(targets.shape, dtype=torch.float32).masked_scatter(targets, values)
     if all(e.margin is not None for e in examples):
         batch["margin"] = torch.tensor([e.margin for e in examples], dtype=torch.float32)
     batch["num_sequences"] = torch.tensor(2 * n)
     return batch
+
+
+def pair_segment_length(example: PairExample) -> int:
+    """Positions one pair takes in ``collate_pairs_packed``: the prompt once, its last token once more, both
+    completions."""
+    return len(example.prompt_ids) + min(len(example.prompt_ids), 1) + len(example.chosen_ids) + len(example.rejected_ids)
 
 
 def sequence_sums(values: torch.Tensor, mask: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -57,17 +57,41 @@ def _input_embeddings(lm, input_ids: torch.Tensor) -> torch.Tensor | None:
 
 
 def hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Last hidden states ``(B, T, H)`` (after the final norm). Packed batches pass ``position_ids`` and no attention
-    mask, so transformers builds a block-diagonal causal mask from the restarting positions."""
+    """Last hidden states ``(B, T, H)`` (after the final norm). Three layouts:
+
+    - padded rows: the 2D ``attention_mask``;
+    - packed rows: ``position_ids`` that restart at 0 and no mask, from which transformers builds a block-diagonal
+      causal mask;
+    - rows with a mask of their own (pairs sharing their prompt, ``collate_pairs_packed``): ``position_ids`` and a
+      boolean ``attention_mask_4d`` ``(B, 1, T, T)``, True where a query may attend to a key, which transformers
+      passes to the attention as given."""
     lm = causal_lm(model)
     decoder = lm.get_decoder()
     embeds = _input_embeddings(lm, batch["input_ids"])
     inputs = {"input_ids": batch["input_ids"]} if embeds is None else {"inputs_embeds": embeds}
-    if "position_ids" in batch:
+    if "attention_mask_4d" in batch:
+        mask = attention_mask_for(lm, batch["attention_mask_4d"])
+        out = decoder(**inputs, attention_mask=mask, position_ids=batch["position_ids"], use_cache=False)
+    elif "position_ids" in batch:
         out = decoder(**inputs, position_ids=batch["position_ids"], use_cache=False)
     else:
         out = decoder(**inputs, attention_mask=batch["attention_mask"], use_cache=False)
     return out.last_hidden_state
+
+
+def attention_mask_for(lm, allowed: torch.Tensor) -> torch.Tensor:
+    """A boolean ``(B, 1, T, T)`` mask in the form the model's attention takes a ready-made mask: SDPA takes it as
+    is, eager attention adds it to the scores (0 where allowed, the dtype's minimum elsewhere)."""
+    implementation = getattr(lm.config, "_attn_implementation", None)
+    if implementation == "sdpa":
+        return allowed
+    if implementation == "eager":
+        dtype = lm.get_input_embeddings().weight.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+    raise ValueError(
+        f"pairs that share their prompt need a custom attention mask, which {implementation!r} attention does not "
+        "take; set pack_pairs: false (padded rows) for this model")
 
 
 def token_logps(

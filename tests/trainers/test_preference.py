@@ -147,6 +147,37 @@ def test_bad_preference_rows_name_the_row_and_key(tmp_path, write_jsonl):
         normalize_rows(load_rows(str(path)), DataConfig(), ("preference",))
 
 
+def test_packed_pairs_hold_each_prompt_once_and_keep_the_branches_apart(tokenizer):
+    """The layout itself: pair k is p[:-1] | p[-1] chosen | p[-1] rejected, P + C + R + 1 positions; the rejected
+    branch's positions continue the prompt's as the chosen branch's do, and no rejected token attends to a chosen
+    one; padding attends only to itself."""
+    from posttrain.data.preference import collate_pairs_packed
+
+    rows = pairs(3)
+    rows[0]["chosen"] = "A much longer answer than the others, so that one pair needs a row of its own here."
+    examples, _ = tokenize_pairs(load_rows_from(rows), tokenizer, DataConfig(max_length=96))
+    batch = collate_pairs_packed(examples, tokenizer.pad_token_id)
+    assert int(batch["attention_mask"].sum()) == sum(
+        len(e.prompt_ids) + 1 + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
+    mask = batch["attention_mask_4d"][:, 0]
+    index, positions = batch["sequence_index"], batch["position_ids"]
+    for k, e in enumerate(examples):
+        P = len(e.prompt_ids)
+        r, cols = torch.nonzero(index == len(examples) + k, as_tuple=True)  # the rejected branch: p[-1] + rejected
+        r = int(r[0])
+        assert batch["input_ids"][r, cols].tolist() == e.prompt_ids[-1:] + e.rejected_ids
+        assert positions[r, cols].tolist() == list(range(P - 1, P + len(e.rejected_ids)))
+        seen = torch.nonzero(mask[r, cols[-1]]).flatten()  # what the rejected's last token attends to
+        assert batch["input_ids"][r, seen].tolist() == e.prompt_ids + e.rejected_ids
+        chosen_cols = torch.nonzero(index[r] == k).flatten()[P - 1:]  # p[-1] + chosen (after the shared prefix)
+        assert batch["input_ids"][r, chosen_cols].tolist() == e.prompt_ids[-1:] + e.chosen_ids
+        assert not mask[r][cols][:, chosen_cols].any()
+        assert int(batch["loss_mask"][r, cols].sum()) == len(e.rejected_ids)
+    pad = batch["attention_mask"] == 0
+    assert pad.any()
+    assert (mask[pad].sum(-1) == 1).all()
+
+
 def test_chosen_and_rejected_share_one_forward_pass(tokenizer):
     examples, _ = tokenize_pairs(load_rows_from(pairs(2)), tokenizer, DataConfig(max_length=64))
     batch = collate_pairs(examples, tokenizer.pad_token_id)
@@ -155,17 +186,21 @@ def test_chosen_and_rejected_share_one_forward_pass(tokenizer):
     assert batch["loss_mask"][2].sum() == len(examples[0].rejected_ids)  # row 2: the first pair's rejected
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
-def test_packed_pairs_give_the_padded_loss_metrics_and_gradients(tokenizer, loss_type):
-    """pack_pairs puts a step's 2B sequences back to back (position ids restart, no attention across them): the
-    loss, every metric and the gradients must equal the padded batch's."""
+@pytest.mark.parametrize("loss_type,attention", [("sigmoid", "sdpa"), ("ipo", "sdpa"), ("sigmoid", "eager")])
+def test_packed_pairs_give_the_padded_loss_metrics_and_gradients(tokenizer, loss_type, attention):
+    """pack_pairs puts a step's pairs back to back, each prompt once, its two completions in branches that do not
+    see each other: the loss, every metric and the gradients must equal the padded batch's, under both forms of
+    ready-made mask (SDPA's boolean one, eager attention's additive one)."""
     from posttrain.trainers.dpo import DPOConfig, PreferenceMethod
 
     rows = pairs(5)
     rows[1]["chosen"] = "A much longer answer, so that the two completions of this pair differ a lot in length."
     examples, _ = tokenize_pairs(load_rows_from(rows), tokenizer, DataConfig(max_length=96))
     model = build_tiny_model(seed=4)
-    reference = ReferencePolicy(build_tiny_model(seed=5))  # a reference that differs from the policy
+    reference_model = build_tiny_model(seed=5)  # a reference that differs from the policy
+    for m in (model, reference_model):
+        m.config._attn_implementation = attention
+    reference = ReferencePolicy(reference_model)
     results = []
     for packed in (False, True):
         method = PreferenceMethod(DPOConfig(loss_type=loss_type, beta=0.5, rpo_alpha=0.3, pack_pairs=packed),
