@@ -97,7 +97,7 @@ def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool
         "loss_type": "sigmoid", "beta": BETA, "output_dir": str(out_dir), "max_steps": steps,
         "batch_size": BATCH // micro_batches, "grad_accum_steps": micro_batches, "learning_rate": LR,
         "lr_schedule": "constant", "logging_steps": 1, "eval_on_start": False, "progress_bar": False,
-        "max_grad_norm": 1.0, "precompute_ref_logps": precompute, "ref_cache_dir": str(out_dir / "ref_cache"),
+        "max_grad_norm": 1.0, "precompute_ref_logps": precompute, "ref_cache_dir": str(out_dir.parent / "ref_cache"),
         "lora": {"enabled": lora, **LORA},
         "data": {"path": str(data), "max_length": MAX_PROMPT + MAX_COMPLETION, "max_prompt_length": MAX_PROMPT,
                  "max_completion_length": MAX_COMPLETION},
@@ -110,7 +110,7 @@ def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool
     if precompute:  # before any update the policy is the reference
         started = time.perf_counter()
         precompute_reference_logps(model, examples, tokenizer.pad_token_id, config.eval_batch_size,
-                                   {"dtype": "torch.float32"}, out_dir / "ref_cache")
+                                   {"dtype": "torch.float32"}, out_dir.parent / "ref_cache")
         precompute_s = time.perf_counter() - started
     else:
         reference = ReferencePolicy(model)
