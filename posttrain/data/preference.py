@@ -238,6 +238,7 @@ def collate_pairs_packed(examples: list[PairExample], pad_token_id: int) -> dict
     # who may attend to whom: same segment, not later, and a branch token sees the prefix and its own branch only
     segment_id = torch.arange(width).repeat(len(rows), 1) + n  # padding: a segment of its own
     branch = torch.zeros(shape, dtype=torch.long)  # 0 prefix, 1 chosen branch, 2 rejected branch
+    cached_reference = all(e.ref_chosen is not None and e.ref_rejected is not None for e in examples)
     ref_values: list[float] = []
     for r, row in enumerate(rows):
         start = 0
@@ -260,8 +261,8 @@ def collate_pairs_packed(examples: list[PairExample], pad_token_id: int) -> dict
                 end = hi
             segment_id[r, start:end] = k
             attention_mask[r, start:end] = 1
-            ref = (e.ref_chosen, e.ref_rejected)
-            ref_values.extend(x for values in ref if values is not None for x in values)
+            if cached_reference:
+                ref_values += e.ref_chosen + e.ref_rejected  # the segment's targets: chosen's, then rejected's
             start = end
         position_ids[r, start:] = torch.arange(width - start)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
@@ -270,7 +271,7 @@ def collate_pairs_packed(examples: list[PairExample], pad_token_id: int) -> dict
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
              "position_ids": position_ids, "sequence_index": sequence_index,
              "attention_mask_4d": (same_segment & visible_branch & causal)[:, None]}
-    if all(e.ref_chosen is not None and e.ref_rejected is not None for e in examples):
+    if cached_reference:
         # one value per target that carries loss, in row-major order (target column t predicts token t + 1)
         targets = loss_mask[:, 1:].bool()
         if len(ref_values) != int(targets.sum()):
