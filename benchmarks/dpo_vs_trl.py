@@ -29,8 +29,10 @@ truncated by either library and the token ids of every pair are identical (check
 Extra variants: *-pre (ours: ``precompute_ref_logps: true``; TRL: ``precompute_ref_log_probs=True``): reference
 log-probs computed once over the whole dataset before training, no reference model during training; the
 precomputation is timed on its own, not in tokens/s. ours-*-mb2: the 4 pairs as 2 micro-batches of 2
-(``batch_size: 2, grad_accum_steps: 2``, same update). Every ours variant is compared with every TRL variant of the
-same kind (full or LoRA) in the invocation.
+(``batch_size: 2, grad_accum_steps: 2``, same update). *-noclip: ``max_grad_norm`` 0 (no clipping) on either side.
+ours-*-obwd: ``optimizer_in_backward: true`` (each parameter stepped inside backward and its gradient freed, which
+rules out clipping by the global norm: compare it with trl-*-noclip). Every ours variant is compared with every TRL
+variant of the same kind (full or LoRA) in the invocation.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def ids_digest(pairs) -> str:
     return hashlib.sha256(json.dumps([list(map(list, p)) for p in pairs]).encode()).hexdigest()[:16]
 
 
-def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool, micro_batches: int) -> dict:
+def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool, micro_batches: int,
+             clip: bool = True, in_backward: bool = False) -> dict:
     import torch
 
     from posttrain.api import build_method_config
@@ -97,7 +100,7 @@ def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool
         "loss_type": "sigmoid", "beta": BETA, "output_dir": str(out_dir), "max_steps": steps,
         "batch_size": BATCH // micro_batches, "grad_accum_steps": micro_batches, "learning_rate": LR,
         "lr_schedule": "constant", "logging_steps": 1, "eval_on_start": False, "progress_bar": False,
-        "max_grad_norm": 1.0, "precompute_ref_logps": precompute, "ref_cache_dir": str(out_dir.parent / "ref_cache"),
+        "max_grad_norm": 1.0 if clip else 0.0, "optimizer_in_backward": in_backward, "precompute_ref_logps": precompute, "ref_cache_dir": str(out_dir.parent / "ref_cache"),
         "lora": {"enabled": lora, **LORA},
         "data": {"path": str(data), "max_length": MAX_PROMPT + MAX_COMPLETION, "max_prompt_length": MAX_PROMPT,
                  "max_completion_length": MAX_COMPLETION},
@@ -147,7 +150,8 @@ def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool
     }
 
 
-def run_trl(data: Path, steps: int, out_dir: Path, lora: bool, gradient_checkpointing: bool, precompute: bool) -> dict:
+def run_trl(data: Path, steps: int, out_dir: Path, lora: bool, gradient_checkpointing: bool, precompute: bool,
+            clip: bool = True) -> dict:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -163,7 +167,8 @@ def run_trl(data: Path, steps: int, out_dir: Path, lora: bool, gradient_checkpoi
         output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=LR,
         lr_scheduler_type="constant", beta=BETA, loss_type=["sigmoid"], max_length=MAX_PROMPT + MAX_COMPLETION,
         bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=gradient_checkpointing,
-        precompute_ref_log_probs=precompute, logging_steps=1, save_strategy="no", report_to="none", max_grad_norm=1.0,
+        precompute_ref_log_probs=precompute, logging_steps=1, save_strategy="no", report_to="none",
+        max_grad_norm=1.0 if clip else 0.0,
         seed=0, dataloader_num_workers=0, train_sampling_strategy="sequential",
     )
     peft_config = None
@@ -229,14 +234,17 @@ def run_trl(data: Path, steps: int, out_dir: Path, lora: bool, gradient_checkpoi
 
 def worker(which: str, data: Path, steps: int) -> None:
     """which: ours-full, ours-lora, trl-full, trl-lora, with suffixes -pre (precomputed reference log-probs),
-    -mb2 (ours: 2 micro-batches of 2 pairs), -gc (TRL: gradient checkpointing, its default)."""
+    -mb2 (ours: 2 micro-batches of 2 pairs), -gc (TRL: gradient checkpointing, its default), -noclip (no gradient
+    clipping), -obwd (ours: optimizer_in_backward, which implies no clipping)."""
     parts = which.split("-")
     lora = parts[1] == "lora"
     with tempfile.TemporaryDirectory() as tmp:
         if parts[0] == "trl":
-            result = run_trl(data, steps, Path(tmp) / "run", lora, "gc" in parts, "pre" in parts)
+            result = run_trl(data, steps, Path(tmp) / "run", lora, "gc" in parts, "pre" in parts,
+                             clip="noclip" not in parts)
         else:
-            result = run_ours(data, steps, Path(tmp) / "run", lora, "pre" in parts, 2 if "mb2" in parts else 1)
+            result = run_ours(data, steps, Path(tmp) / "run", lora, "pre" in parts, 2 if "mb2" in parts else 1,
+                              clip="noclip" not in parts and "obwd" not in parts, in_backward="obwd" in parts)
     report(result)
 
 
@@ -249,7 +257,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", help="internal: run one configuration in this process")
     parser.add_argument("--variants", default="ours-full,trl-full,ours-lora,trl-lora",
-                        help="comma-separated: {ours,trl}-{full,lora}, *-pre, ours-*-mb2, trl-*-gc")
+                        help="comma-separated: {ours,trl}-{full,lora}, *-pre, *-noclip, ours-*-mb2, ours-*-obwd, trl-*-gc")
     parser.add_argument("--data")
     args = parser.parse_args()
     if args.worker:

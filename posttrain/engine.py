@@ -31,6 +31,7 @@ from posttrain.data.batching import collate, count_real_tokens, split_micro_batc
 from posttrain.data.tokenize import Example
 from posttrain.errors import ConfigError, PosttrainError, require
 from posttrain.io import atomic_write_text
+from posttrain.step_in_backward import StepInBackward
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ class EngineConfig:
     # keeping them adds no peak; without it, freeing them lets the next forward's activations reuse that memory.
     # A kept gradient counts as zero (not skipped by AdamW) in a step where no loss reaches its parameter.
     keep_grad_buffers: bool | None = None
+    # Step each parameter inside backward as soon as its gradient is ready, then free that gradient: the peak holds
+    # no full set of gradients (0.54 GB less for SmolLM2-135M in fp32). Needs max_grad_norm: 0 and grad_accum_steps:
+    # 1 (posttrain.step_in_backward says why).
+    optimizer_in_backward: bool = False
     logging_steps: int = field(default=10, metadata={"min": 1})
     eval_steps: int | None = field(default=None, metadata={"min": 1})  # None: evaluate at the end only
     eval_on_start: bool = True  # the step-0 evaluation is the baseline that final figures are compared with
@@ -132,6 +137,8 @@ class Engine:
         self.steps_per_epoch = math.ceil(len(train_examples) / self.step_size)
         self.total_steps = config.max_steps or max(1, math.ceil(config.num_epochs * self.steps_per_epoch))
         self.autocast_dtype, self.scaler = self._precision()
+        self._check_optimizer_in_backward()
+        self.step_in_backward: StepInBackward | None = None  # set up in train()
 
     # ----------------------------------------------------------------------------------------------- the loop
     def train(self) -> dict:
@@ -150,6 +157,7 @@ class Engine:
                     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.optimizer = self._optimizer()
         preallocate_training_state(self.optimizer, with_grads=self._keep_grad_buffers())
+        self.step_in_backward = StepInBackward(self.optimizer) if config.optimizer_in_backward else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         state = self._fresh_state()
         if resume_dir is not None:
@@ -164,6 +172,22 @@ class Engine:
             self._log({"step": 0, **self.evaluate()})
         progress = self._progress(state["step"])
         window_start = time.perf_counter()
+        if self.step_in_backward:
+            self.step_in_backward.attach()
+        try:
+            self._train_loop(state, progress, window_start)
+        finally:
+            if self.step_in_backward:
+                self.step_in_backward.detach()
+        progress.close()
+        if self.eval_examples and not (config.eval_steps and state["step"] % config.eval_steps == 0):
+            self._eval_and_maybe_stop(state)
+        if self.writer is not None:
+            self.writer.close()
+        return state
+
+    def _train_loop(self, state: dict, progress, window_start: float) -> None:
+        config = self.config
         while state["step"] < self.total_steps and not state["stopped"]:
             epoch, position = state["epoch"], state["batch_in_epoch"]
             plan = step_batches(self.lengths, self.step_size, config.seed, epoch, config.shuffle, config.bucket_window)
@@ -186,12 +210,6 @@ class Engine:
                 callback(self, state)
             if config.save_steps and state["step"] % config.save_steps == 0:
                 self.save_checkpoint()
-        progress.close()
-        if self.eval_examples and not (config.eval_steps and state["step"] % config.eval_steps == 0):
-            self._eval_and_maybe_stop(state)
-        if self.writer is not None:
-            self.writer.close()
-        return state
 
     def _optimizer_step(self, indices: list[int]):
         """One optimizer step over the step batch ``indices``, split into micro-batches."""
@@ -211,19 +229,32 @@ class Engine:
             return 0.0, metrics, 0, 0.0, True
         loss_total = 0.0
         metrics: dict[str, float] = {}
+        if self.step_in_backward:
+            self.step_in_backward.start()
         for batch in micro:
             if self.method.count(batch) == 0:  # e.g. every row of an RL micro-batch filtered out
                 continue
             with self._autocast():
                 out = self.method.loss(self.model, batch)
             loss = out.loss_sum / total_items  # the same normaliser for every micro-batch: accumulation is exact
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_total += loss.item()
+            if self.step_in_backward and not math.isfinite(loss_total):
+                continue  # its backward would update the weights; the step counts as non-finite below
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
             for name, value in out.metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + float(value) / total_items
         if hasattr(self.method, "step_metrics"):
             metrics.update(self.method.step_metrics())
         tokens = sum(count_real_tokens(b) for b in micro if "attention_mask" in b)
+        if self.step_in_backward:  # backward has updated the weights already; the rest of the step is bookkeeping
+            grad_norm, grads_finite = self.step_in_backward.finish()
+            finite = math.isfinite(loss_total) and grads_finite
+            if not grads_finite:
+                log.warning("step %d: %d parameters had a non-finite gradient and kept their weights; the others "
+                            "were updated (optimizer_in_backward)", self.state["step"] + 1,
+                            self.step_in_backward.nonfinite)
+            self._after_update(finite, loss_total, grad_norm)
+            return loss_total, metrics, tokens, grad_norm, finite
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -236,6 +267,13 @@ class Engine:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+        self._after_update(finite, loss_total, grad_norm)
+        self.optimizer.zero_grad(set_to_none=not self._keep_grad_buffers())
+        return loss_total, metrics, tokens, grad_norm, finite
+
+    def _after_update(self, finite: bool, loss_total: float, grad_norm: float) -> None:
+        """Advance the LR schedule after an update; count non-finite steps and stop after too many in a row."""
+        if finite:
             self.scheduler.step()
             self.state["nonfinite_in_a_row"] = 0
         else:
@@ -249,8 +287,6 @@ class Engine:
                     "stopping. Lower learning_rate, check the data, or resume from the last checkpoint "
                     f"in {self.output_dir / 'checkpoints'}"
                 )
-        self.optimizer.zero_grad(set_to_none=not self._keep_grad_buffers())
-        return loss_total, metrics, tokens, grad_norm, finite
 
     # ------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -417,7 +453,28 @@ class Engine:
 
     def _keep_grad_buffers(self) -> bool:
         keep = self.config.keep_grad_buffers
+        if self.config.optimizer_in_backward:
+            return False
         return self.config.grad_accum_steps > 1 if keep is None else keep
+
+    def _check_optimizer_in_backward(self) -> None:
+        config = self.config
+        if not config.optimizer_in_backward:
+            return
+        if config.max_grad_norm:
+            raise ConfigError(
+                f"optimizer_in_backward=true updates each parameter before the next gradient exists, so there is no "
+                f"global gradient norm to clip by: set max_grad_norm=0 (got {config.max_grad_norm})")
+        if config.grad_accum_steps != 1:
+            raise ConfigError(
+                f"optimizer_in_backward=true updates the weights in every backward pass: set grad_accum_steps=1 (got "
+                f"{config.grad_accum_steps}) and put the whole step in batch_size")
+        if config.keep_grad_buffers:
+            raise ConfigError("optimizer_in_backward=true frees each gradient after its update: keep_grad_buffers "
+                              "must be false or unset")
+        if self.scaler is not None:
+            raise ConfigError("optimizer_in_backward=true does not support precision=fp16 (the loss scaler "
+                              "unscales every gradient before one step); use bf16 or fp32")
 
     def _lr_factor(self, step: int) -> float:
         """Linear warmup, then constant, linear decay to 0, or cosine decay to 0 (Loshchilov & Hutter 2017)."""
