@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from posttrain.data.formats import DataConfig
+from posttrain.data.shared_prompts import pack_shared_prompts
 from posttrain.data.sources import Row
 from posttrain.data.tokenize import encode_prompt_completion, uses_chat_template
 from posttrain.errors import DataError
@@ -197,97 +198,35 @@ def collate_pairs(examples: list[PairExample], pad_token_id: int) -> dict[str, t
 
 
 def collate_pairs_packed(examples: list[PairExample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """B pairs -> a few rows of whole pairs back to back, each pair's prompt run through the model once.
+    """B pairs -> a few rows of whole pairs back to back, each pair's prompt run through the model once
+    (``pack_shared_prompts``: chosen and rejected are the two branches of their prompt).
 
-    A pair of prompt p (P tokens), chosen c and rejected r is one segment of P + C + R + 1 positions::
-
-        p[:-1] | p[-1] c | p[-1] r        (shared prefix | chosen branch | rejected branch)
-
-    Each branch starts with the prompt's last token, whose hidden state predicts the completion's first token, and
-    attends to the shared prefix and to itself, never to the other branch (``attention_mask_4d``, ``(R, 1, T, T)``
-    boolean, True = may attend); ``position_ids`` continue the prefix in both branches. So every token sees exactly
-    the tokens and positions it would see in its own padded row, and the log-probs equal ``collate_pairs``'s, while
-    a pair costs P + C + R + 1 positions instead of 2P + C + R (and no padding within the pair: chosen and rejected
-    rarely have the same length). Segments go into rows first-fit by decreasing length; a row is as wide as the
-    longest segment, so attention (quadratic in the row) stays cheap.
-
-    ``attention_mask`` stays 2D and marks real tokens (the engine counts them). ``sequence_index`` names each
-    token's sequence as ``collate_pairs`` orders its rows: pair k's chosen is k, its rejected B + k. A padding
-    position attends only to itself and is never a target; a sequence's first token is never a target.
+    ``sequence_index`` names each token's sequence as ``collate_pairs`` orders its rows: pair k's chosen is k, its
+    rejected B + k. The loss, metrics and gradients equal ``collate_pairs``'s (tests/trainers/test_preference.py).
     """
     n = len(examples)
-    segments = sorted(range(n), key=lambda k: -pair_segment_length(examples[k]))
-    width = pair_segment_length(examples[segments[0]])
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for k in segments:
-        length = pair_segment_length(examples[k])
-        fit = next((r for r, free in enumerate(room) if length <= free), None)
-        if fit is None:
-            rows.append([])
-            room.append(width)
-            fit = len(rows) - 1
-        rows[fit].append(k)
-        room[fit] -= length
-    shape = (len(rows), width)
-    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
-    loss_mask = torch.zeros(shape, dtype=torch.long)
-    position_ids = torch.zeros(shape, dtype=torch.long)
-    sequence_index = torch.zeros(shape, dtype=torch.long)
-    # who may attend to whom: same segment, not later, and a branch token sees the prefix and its own branch only
-    segment_id = torch.arange(width).repeat(len(rows), 1) + n  # padding: a segment of its own
-    branch = torch.zeros(shape, dtype=torch.long)  # 0 prefix, 1 chosen branch, 2 rejected branch
-    cached_reference = all(e.ref_chosen is not None and e.ref_rejected is not None for e in examples)
-    ref_values: list[float] = []
-    for r, row in enumerate(rows):
-        start = 0
-        for k in row:
-            e = examples[k]
-            prefix = e.prompt_ids[:-1]
-            head = e.prompt_ids[-1:]  # empty for an empty prompt: then a completion's first token is no target
-            end = start + len(prefix)
-            input_ids[r, start:end] = torch.tensor(prefix, dtype=torch.long)
-            position_ids[r, start:end] = torch.arange(len(prefix))
-            sequence_index[r, start:end] = k
-            for which, (completion, index) in enumerate(((e.chosen_ids, k), (e.rejected_ids, n + k)), start=1):
-                tokens = head + completion
-                lo, hi = end, end + len(tokens)
-                input_ids[r, lo:hi] = torch.tensor(tokens, dtype=torch.long)
-                position_ids[r, lo:hi] = torch.arange(len(prefix), len(prefix) + len(tokens))
-                loss_mask[r, lo + 1 : hi] = 1  # the completion (without a prompt, its first token has no predictor)
-                sequence_index[r, lo:hi] = index
-                branch[r, lo:hi] = which
-                end = hi
-            segment_id[r, start:end] = k
-            attention_mask[r, start:end] = 1
-            if cached_reference:
-                ref_values += e.ref_chosen + e.ref_rejected  # the segment's targets: chosen's, then rejected's
-            start = end
-        position_ids[r, start:] = torch.arange(width - start)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same_segment = segment_id[:, :, None] == segment_id[:, None, :]
-    visible_branch = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
-             "position_ids": position_ids, "sequence_index": sequence_index,
-             "attention_mask_4d": (same_segment & visible_branch & causal)[:, None]}
-    if cached_reference:
-        # one value per target that carries loss, in row-major order (target column t predicts token t + 1)
-        targets = loss_mask[:, 1:].bool()
-        if len(ref_values) != int(targets.sum()):
+    batch = pack_shared_prompts(
+        [(e.prompt_ids, [(e.chosen_ids, k), (e.rejected_ids, n + k)]) for k, e in enumerate(examples)],
+        pad_token_id, 2 * n)
+    if all(e.ref_chosen is not None and e.ref_rejected is not None for e in examples):
+        references = [e.ref_chosen for e in examples] + [e.ref_rejected for e in examples]
+        targets = batch["loss_mask"][:, 1:].bool()  # target column t predicts token t + 1
+        sequences = batch["sequence_index"][:, 1:][targets].tolist()
+        positions = batch.pop("completion_position")[:, 1:][targets].tolist()
+        # without a prompt a completion's first token is no target, and its cached values start at its second
+        skip = [0 if e.prompt_ids else 1 for e in examples] * 2
+        try:
+            values = torch.tensor([references[s][j - skip[s]] for s, j in zip(sequences, positions)],
+                                  dtype=torch.float32)
+        except IndexError:
+            raise DataError("cached reference log-probs do not match the completions' lengths") from None
+        if sum(len(r) for r in references) != len(values):
             raise DataError("cached reference log-probs do not match the completions' lengths")
-        values = torch.tensor(ref_values, dtype=torch.float32)
         batch["ref_token_logps"] = torch.zeros(targets.shape, dtype=torch.float32).masked_scatter(targets, values)
+    batch.pop("completion_position", None)
     if all(e.margin is not None for e in examples):
         batch["margin"] = torch.tensor([e.margin for e in examples], dtype=torch.float32)
-    batch["num_sequences"] = torch.tensor(2 * n)
     return batch
-
-
-def pair_segment_length(example: PairExample) -> int:
-    """Positions one pair takes in ``collate_pairs_packed``: the prompt once, its last token once more, both
-    completions."""
-    return len(example.prompt_ids) + min(len(example.prompt_ids), 1) + len(example.chosen_ids) + len(example.rejected_ids)
 
 
 def sequence_sums(values: torch.Tensor, mask: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -105,8 +105,31 @@ def token_logps(
     """log pi(y_t | y_<t) at the positions ``batch[mask_key]`` marks, as ``(B, T-1)`` tensors, and the shifted mask.
 
     ``temperature`` T scores the distribution softmax(logits / T) that a sampler at temperature T draws from (RL
-    methods train on what they sampled); logits / T = (h / T) W^T + b / T, so the hidden states are scaled instead."""
+    methods train on what they sampled); logits / T = (h / T) W^T + b / T, so the hidden states are scaled instead.
+
+    A batch with ``packed_*`` keys (``posttrain.data.shared_prompts.with_shared_prompts``: completions sharing their
+    prompt) runs the model on the packed rows and returns the values in the padded layout."""
+    if "packed_input_ids" in batch and mask_key == "loss_mask":
+        return _packed_token_logps(model, batch, with_entropy, chunk_size, temperature)
     return logps_from_hidden(model, hidden_states(model, batch), batch, mask_key, with_entropy, chunk_size, temperature)
+
+
+def _packed_token_logps(model, batch, with_entropy, chunk_size, temperature) -> tuple[TokenLogps, torch.Tensor]:
+    packed = {"input_ids": batch["packed_input_ids"], "position_ids": batch["packed_position_ids"],
+              "attention_mask_4d": batch["packed_attention_mask_4d"], "loss_mask": batch["packed_loss_mask"]}
+    stats, packed_mask = token_logps(model, packed, "loss_mask", with_entropy, chunk_size, temperature)
+    mask = batch["loss_mask"][:, 1:].bool()
+    index = batch["unpack_index"]
+    if index.numel() != int(mask.sum()):
+        raise ValueError(f"packed batch: {index.numel()} packed targets for {int(mask.sum())} padded ones")
+
+    def unpack(values: torch.Tensor | None) -> torch.Tensor | None:
+        if values is None:
+            return None
+        flat = values.new_zeros(mask.numel()).index_copy(0, index, values[packed_mask])
+        return flat.view(mask.shape)
+
+    return TokenLogps(unpack(stats.logps), unpack(stats.entropy), unpack(stats.is_argmax)), mask
 
 
 def logps_from_hidden(

@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from posttrain.data.preference import collate_sequences
+from posttrain.data.shared_prompts import with_shared_prompts
 from posttrain.engine import Engine, LossOutput
 from posttrain.errors import ConfigError
 from posttrain.math import clipped_policy_loss, group_advantages, kl_estimate, masked_sum
@@ -59,6 +60,9 @@ class GRPOConfig(OnlineRLConfig):
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     mask_truncated_completions: bool = False  # completions without EOS carry no loss
     skip_zero_variance_groups: bool = False  # drop groups whose rewards are all equal (no signal) from the update
+    # score each group's completions with its prompt run once (branches under a 4D mask, as DPO's pack_pairs); same
+    # log-probs as padded rows, fewer positions. Needs SDPA or eager attention.
+    pack_groups: bool = True
     baseline_decay: float = field(default=0.9, metadata={"min": 0, "max": 1})  # REINFORCE moving-average baseline
     learning_rate: float = field(default=5e-6, metadata={"min": 0})
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
@@ -116,19 +120,23 @@ class PolicyGradientMethod:
         lengths = rollout.completion_mask.sum(-1)
         sequences = [(rollout.prompt_ids[i], rollout.completion_ids[i, : lengths[i]].tolist()) for i in range(len(rewards))]
         device = next(model.parameters()).device
-        rows = {k: v.to(device) for k, v in collate_sequences(sequences, self.tokenizer.pad_token_id).items()}
+        rows = collate_sequences(sequences, self.tokenizer.pad_token_id)
+        rows["prompt_index"] = rollout.prompt_index.clone()
+        rows["prompt_length"] = torch.tensor([len(rollout.prompt_ids[i]) for i in range(len(rewards))])
+        rows = {k: v.to(device) for k, v in rows.items()}
         if config.mask_truncated_completions:
             rows["loss_mask"][rollout.truncated.to(device)] = 0
+        scored = self.model_batch(rows)
         if self.reference is not None:
-            rows["ref_token_logps"] = self.reference.token_logps(model, rows, config.temperature)
+            rows["ref_token_logps"] = self.reference.token_logps(model, scored, config.temperature)
         if config.num_iterations > 1:  # the ratio's denominator: the policy that sampled, as the trainer scores it
-            rows["old_token_logps"] = token_logps(model, rows, temperature=config.temperature)[0].logps
+            rows["old_token_logps"] = token_logps(model, scored, temperature=config.temperature)[0].logps
 
         sequence_kl = None
         if self.reference is not None:
             policy_logps = rows.get("old_token_logps")
             if policy_logps is None:
-                policy_logps = token_logps(model, rows, temperature=config.temperature)[0].logps
+                policy_logps = token_logps(model, scored, temperature=config.temperature)[0].logps
             shifted = rows["loss_mask"][:, 1:]
             sequence_kl = masked_sum(policy_logps - rows["ref_token_logps"], shifted, -1).cpu()  # k1, summed
         advantages = self.advantages(rewards, sequence_kl)
@@ -141,7 +149,13 @@ class PolicyGradientMethod:
         self.record_rollout(rollout, rewards, per_function, zero_variance, sequence_kl)
         kept = keep.nonzero().squeeze(-1)
         chunks = [c for c in kept.tensor_split(n_micro)] if len(kept) else [kept] * n_micro
-        return [{k: v[c.to(device)] for k, v in rows.items()} if len(c) else {} for c in chunks]
+        return [self.model_batch({k: v[c.to(device)] for k, v in rows.items()}) if len(c) else {} for c in chunks]
+
+    def model_batch(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Padded rollout rows, plus (pack_groups) the layout the model runs on: each group's prompt once."""
+        if not self.config.pack_groups:
+            return rows
+        return with_shared_prompts(rows, rows["prompt_index"], rows["prompt_length"])
 
     def advantages(self, rewards: torch.Tensor, sequence_kl: torch.Tensor | None) -> torch.Tensor:
         config = self.config

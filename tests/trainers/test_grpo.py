@@ -86,6 +86,39 @@ def test_loss_does_not_depend_on_how_the_rollout_batch_is_split(aggregation, tok
         assert torch.allclose(grad, whole_grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("aggregation", ["grpo", "token", "dr_grpo"])
+def test_groups_scored_with_their_prompt_once_give_the_padded_loss_and_gradient(aggregation, tokenizer):
+    """pack_groups: 2 prompts x 3 completions, each prompt run once (branches under a 4D mask) instead of once per
+    row; the loss, the metrics and the gradient are those of the padded rows."""
+    model = build_tiny_model(seed=1)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 500, (n,), generator=g).tolist() for n in (6, 4)]
+    sequences = [(prompts[i // 3], torch.randint(3, 500, (2 + (i * 5) % 7,), generator=g).tolist()) for i in range(6)]
+    rows = collate_sequences(sequences, tokenizer.pad_token_id)
+    rows["advantages"] = torch.randn(6, generator=g)
+    rows["old_token_logps"] = torch.randn(6, rows["input_ids"].shape[1] - 1, generator=g) * 0.1 - 5.0
+    rows["prompt_index"] = torch.tensor([0, 0, 0, 1, 1, 1])
+    rows["prompt_length"] = torch.tensor([6, 6, 6, 4, 4, 4])
+    config = GRPOConfig(loss_aggregation=aggregation, max_new_tokens=8, epsilon_low=0.2)
+    method = PolicyGradientMethod(config, tokenizer, [], [], None, None, None)
+    packed = method.model_batch(rows)
+    assert "packed_input_ids" in packed and packed["packed_input_ids"].numel() < rows["input_ids"].numel()
+
+    def loss_and_grad(batch):
+        model.zero_grad()
+        method.stats = {}
+        loss = method.loss(model, batch).loss_sum / method.count(batch)
+        loss.backward()
+        return loss.item(), dict(method.stats), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    padded_loss, padded_stats, padded_grads = loss_and_grad(rows)
+    packed_loss, packed_stats, packed_grads = loss_and_grad(packed)
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5, abs=1e-7)
+    assert packed_stats == pytest.approx(padded_stats, rel=1e-5)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
 def rl_config(tmp_path, **overrides):
     base = {
         "method": "grpo", "model": "tiny", "output_dir": str(tmp_path / "run"), "task": "arithmetic",
@@ -143,6 +176,19 @@ def test_grpo_batch_split_gives_the_same_run(tmp_path, reward_module):
     losses_b = [r["loss"] for r in log_b if "loss" in r]
     assert losses_a == pytest.approx(losses_b, rel=1e-4, abs=1e-6)
     assert first["metrics"]["reward"]["value"] == pytest.approx(second["metrics"]["reward"]["value"])
+
+
+def test_packed_and_padded_groups_give_the_same_run(tmp_path, reward_module):
+    """pack_groups on and off: the same rollouts, losses and rewards step by step, over 2 micro-batches."""
+    logs = []
+    for name, pack in (("packed", True), ("padded", False)):
+        train(rl_config(tmp_path / name, batch_size=2, group_size=3, grad_accum_steps=2, max_steps=3,
+                        eval_steps=None, num_eval_prompts=2, logging_steps=1, pack_groups=pack))
+        logs.append([json.loads(x) for x in (tmp_path / name / "run" / "log_history.jsonl").read_text().splitlines()])
+    for packed, padded in zip(*logs, strict=True):
+        for key in ("loss", "reward", "completion_length", "entropy"):
+            if key in padded:
+                assert packed[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-6), key
 
 
 def test_skipping_zero_variance_groups_is_counted(tmp_path, reward_module):
