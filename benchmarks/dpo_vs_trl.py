@@ -86,7 +86,7 @@ def ids_digest(pairs) -> str:
 
 
 def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool, micro_batches: int,
-             clip: bool = True, in_backward: bool = False) -> dict:
+             clip: bool = True, in_backward: bool = False, gradient_checkpointing: bool = False) -> dict:
     import torch
 
     from posttrain.api import build_method_config
@@ -100,7 +100,8 @@ def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool
         "loss_type": "sigmoid", "beta": BETA, "output_dir": str(out_dir), "max_steps": steps,
         "batch_size": BATCH // micro_batches, "grad_accum_steps": micro_batches, "learning_rate": LR,
         "lr_schedule": "constant", "logging_steps": 1, "eval_on_start": False, "progress_bar": False,
-        "max_grad_norm": 1.0 if clip else 0.0, "optimizer_in_backward": in_backward, "precompute_ref_logps": precompute, "ref_cache_dir": str(out_dir.parent / "ref_cache"),
+        "max_grad_norm": 1.0 if clip else 0.0, "optimizer_in_backward": in_backward, "precompute_ref_logps": precompute,
+        "gradient_checkpointing": gradient_checkpointing, "ref_cache_dir": str(out_dir.parent / "ref_cache"),
         "lora": {"enabled": lora, **LORA},
         "data": {"path": str(data), "max_length": MAX_PROMPT + MAX_COMPLETION, "max_prompt_length": MAX_PROMPT,
                  "max_completion_length": MAX_COMPLETION},
@@ -234,7 +235,7 @@ def run_trl(data: Path, steps: int, out_dir: Path, lora: bool, gradient_checkpoi
 
 def worker(which: str, data: Path, steps: int) -> None:
     """which: ours-full, ours-lora, trl-full, trl-lora, with suffixes -pre (precomputed reference log-probs),
-    -mb2 (ours: 2 micro-batches of 2 pairs), -gc (TRL: gradient checkpointing, its default), -noclip (no gradient
+    -mb2 (ours: 2 micro-batches of 2 pairs), -gc (gradient checkpointing; TRL's default), -noclip (no gradient
     clipping), -obwd (ours: optimizer_in_backward, which implies no clipping)."""
     parts = which.split("-")
     lora = parts[1] == "lora"
@@ -244,7 +245,8 @@ def worker(which: str, data: Path, steps: int) -> None:
                              clip="noclip" not in parts)
         else:
             result = run_ours(data, steps, Path(tmp) / "run", lora, "pre" in parts, 2 if "mb2" in parts else 1,
-                              clip="noclip" not in parts and "obwd" not in parts, in_backward="obwd" in parts)
+                              clip="noclip" not in parts and "obwd" not in parts, in_backward="obwd" in parts,
+                              gradient_checkpointing="gc" in parts)
     report(result)
 
 
@@ -257,7 +259,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", help="internal: run one configuration in this process")
     parser.add_argument("--variants", default="ours-full,trl-full,ours-lora,trl-lora",
-                        help="comma-separated: {ours,trl}-{full,lora}, *-pre, *-noclip, ours-*-mb2, ours-*-obwd, trl-*-gc")
+                        help="comma-separated: {ours,trl}-{full,lora}, *-pre, *-noclip, *-gc, ours-*-mb2, ours-*-obwd")
     parser.add_argument("--data")
     args = parser.parse_args()
     if args.worker:

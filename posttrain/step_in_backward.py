@@ -71,7 +71,7 @@ class StepInBackward:
         return grad_norm, self.nonfinite == 0
 
     def _step_one(self, param: torch.nn.Parameter) -> None:
-        square = float(param.grad.detach().float().pow(2).sum())
+        square = float(torch.linalg.vector_norm(param.grad.detach(), dtype=torch.float32)) ** 2  # no temporary
         if math.isfinite(square):
             self.squares.append(square)
             single = self._single(param)

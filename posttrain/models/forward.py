@@ -62,9 +62,9 @@ def hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     - padded rows: the 2D ``attention_mask``;
     - packed rows: ``position_ids`` that restart at 0 and no mask, from which transformers builds a block-diagonal
       causal mask;
-    - rows with a mask of their own (pairs sharing their prompt, ``collate_pairs_packed``): ``position_ids`` and a
-      boolean ``attention_mask_4d`` ``(B, 1, T, T)``, True where a query may attend to a key, which transformers
-      passes to the attention as given."""
+    - rows with a mask of their own (completions sharing their prompt, ``posttrain.data.shared_prompts``):
+      ``position_ids`` and a boolean ``attention_mask_4d`` ``(B, 1, T, T)``, True where a query may attend to a
+      key, which transformers passes to the attention as given."""
     lm = causal_lm(model)
     decoder = lm.get_decoder()
     embeds = _input_embeddings(lm, batch["input_ids"])
@@ -90,8 +90,9 @@ def attention_mask_for(lm, allowed: torch.Tensor) -> torch.Tensor:
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)
     raise ValueError(
-        f"pairs that share their prompt need a custom attention mask, which {implementation!r} attention does not "
-        "take; set pack_pairs: false (padded rows) for this model")
+        f"completions that share their prompt need a custom attention mask, which {implementation!r} attention "
+        "does not take; set pack_pairs: false (DPO family) or pack_groups: false (GRPO, RLOO, REINFORCE) to score "
+        "padded rows with this model")
 
 
 def token_logps(

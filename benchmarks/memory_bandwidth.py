@@ -1,0 +1,67 @@
+"""How fast this machine streams fp32 weights: the ceiling of a decode step that reads every weight once.
+
+A decode step at 16 rows multiplies 16 vectors by every weight matrix of the model: for SmolLM2-135M in fp32 that is
+538 MB read per step whatever the batch, and too little arithmetic per byte to hide it. So
+
+    tokens/s <= rows / (model bytes / bandwidth)
+
+and this script measures the bandwidth two ways, with torch's default threads: a reduction over a 1 GiB tensor (the
+most favourable read pattern), and 16-row matrix products over a set of SmolLM2-shaped fp32 weights as large as the
+model (what a decode step does, without attention and sampling). Medians of --repeats runs.
+
+    python benchmarks/memory_bandwidth.py --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+# SmolLM2-135M: 30 layers of q (576x576), k and v (192x576 each), o (576x576), gate and up (1536x576), down
+# (576x1536), and the 49152x576 output head
+LAYER_SHAPES = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+LAYERS, HEAD, ROWS = 30, (49152, 576), 16
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up: page faults, kernel selection
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    big = torch.randn(2**28)  # 1 GiB of fp32
+    seconds = timed(lambda: big.sum(), args.repeats)
+    print(f"sum over 1 GiB: {seconds * 1e3:.1f} ms, {big.numel() * 4 / seconds / 1e9:.1f} GB/s")
+    del big
+
+    weights = [torch.randn(shape) for _ in range(LAYERS) for shape in LAYER_SHAPES] + [torch.randn(HEAD)]
+    model_bytes = sum(w.numel() * 4 for w in weights)
+    x = {576: torch.randn(ROWS, 576), 1536: torch.randn(ROWS, 1536)}
+
+    def one_step():
+        for w in weights:
+            torch.nn.functional.linear(x[w.shape[1]], w)
+
+    seconds = timed(one_step, args.repeats)
+    flops = 2 * ROWS * sum(w.numel() for w in weights)
+    print(f"{ROWS}-row products over {model_bytes / 1e6:.0f} MB of weights: {seconds * 1e3:.1f} ms per step, "
+          f"{model_bytes / seconds / 1e9:.1f} GB/s, {flops / seconds / 1e9:.0f} GFLOP/s, "
+          f"ceiling {ROWS / seconds:.0f} tokens/s at {ROWS} rows")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+if __name__ == "__main__":
+    main()
