@@ -1,4 +1,4 @@
-"""How fast this machine streams fp32 weights: the ceiling of a decode step that reads every weight once.
+"""How fast this machine streams fp32 weights and multiplies with them: the ceilings of a decode step.
 
 A decode step at 16 rows multiplies 16 vectors by every weight matrix of the model: for SmolLM2-135M in fp32 that is
 538 MB read per step whatever the batch, and too little arithmetic per byte to hide it. So
@@ -7,7 +7,8 @@ A decode step at 16 rows multiplies 16 vectors by every weight matrix of the mod
 
 and this script measures the bandwidth two ways, with torch's default threads: a reduction over a 1 GiB tensor (the
 most favourable read pattern), and 16-row matrix products over a set of SmolLM2-shaped fp32 weights as large as the
-model (what a decode step does, without attention and sampling). Medians of --repeats runs.
+model (what a decode step does, without attention and sampling); and, for the compute side, a large square fp32
+matmul. Medians of --repeats runs.
 
     python benchmarks/memory_bandwidth.py --repeats 5
 """
@@ -60,6 +61,11 @@ def main() -> None:
     print(f"{ROWS}-row products over {model_bytes / 1e6:.0f} MB of weights: {seconds * 1e3:.1f} ms per step, "
           f"{model_bytes / seconds / 1e9:.1f} GB/s, {flops / seconds / 1e9:.0f} GFLOP/s, "
           f"ceiling {ROWS / seconds:.0f} tokens/s at {ROWS} rows")
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    seconds = timed(lambda: a @ b, args.repeats)
+    print(f"2048x2048 fp32 matmul (the compute ceiling torch reaches here): {2 * 2048**3 / seconds / 1e9:.0f} GFLOP/s; "
+          f"a {ROWS}-row step's {flops / 1e9:.1f} GFLOP would take {flops / (2 * 2048**3 / seconds) * 1e3:.0f} ms at "
+          "that rate")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 

@@ -104,6 +104,14 @@ def test_every_command_has_help(command):
 
 
 def test_shipped_presets_validate():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
+    presets = [c for c in configs if "method" in yaml.safe_load(c.read_text())]  # not the eval suites, pipelines
+    assert len(presets) > 5
+    for preset in presets:
+        _, config = build_method_config(str(preset))
+        assert config.output_dir, preset
     for preset in ("configs/sft.yaml", "configs/sft_lora.yaml"):
         _, config = build_method_config(preset)
         assert config.model == "smollm2-135m-instruct"
