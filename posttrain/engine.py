@@ -279,8 +279,9 @@ class Engine:
         else:
             self.state["nonfinite_in_a_row"] += 1
             self.state["nonfinite_total"] += 1
-            log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); step skipped",
-                        self.state["step"] + 1, loss_total, grad_norm)
+            skipped = "parameters with a non-finite gradient not updated" if self.step_in_backward else "step skipped"
+            log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); %s",
+                        self.state["step"] + 1, loss_total, grad_norm, skipped)
             if self.state["nonfinite_in_a_row"] >= self.config.max_consecutive_nonfinite:
                 raise NonFiniteLossError(
                     f"{self.state['nonfinite_in_a_row']} non-finite steps in a row (up to step {self.state['step'] + 1}); "

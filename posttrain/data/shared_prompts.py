@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import torch
 
+# Longest segment ``with_shared_prompts`` builds (unless a padded row is longer): up to ~1k positions, the attention
+# over a segment costs little next to the linear layers of a 135M model, while its prompt runs once.
+MAX_SEGMENT = 1024
+
 
 def pack_shared_prompts(segments: list[tuple[list[int], list[tuple[list[int], int]]]], pad_token_id: int,
                         num_sequences: int) -> dict[str, torch.Tensor]:
@@ -24,7 +28,8 @@ def pack_shared_prompts(segments: list[tuple[list[int], list[tuple[list[int], in
     the tokens and positions it would see in its own padded row, and the log-probs equal a padded batch's, while the
     prompt costs P + k - 1 positions instead of k P (and no padding between the completions). Segments go into rows
     first-fit by decreasing length; a row is as wide as the longest segment, so attention (quadratic in the row)
-    stays cheap. A preference pair is a segment with two branches (``collate_pairs_packed``), a GRPO group one with G
+    stays cheap as long as segments are short: a preference pair is a segment with two branches
+    (``collate_pairs_packed``); a GRPO group of G long completions is split into several segments
     (``with_shared_prompts``).
 
     Returns ``input_ids``, ``attention_mask`` (2D, real tokens: the engine counts them), ``loss_mask`` (the
@@ -74,8 +79,8 @@ def pack_shared_prompts(segments: list[tuple[list[int], list[tuple[list[int], in
                 lo, hi = end, end + len(tokens)
                 input_ids[r, lo:hi] = torch.tensor(tokens, dtype=torch.long)
                 position_ids[r, lo:hi] = torch.arange(len(prefix), len(prefix) + len(tokens))
-                loss_mask[r, hi - len(completion) : hi] = 1
-                loss_mask[r, lo] = 0  # without a prompt, a completion's first token has no predictor
+                # without a prompt, a completion's first token has no predictor
+                loss_mask[r, hi - len(completion) + (0 if head else 1) : hi] = 1
                 completion_position[r, hi - len(completion) : hi] = torch.arange(len(completion))
                 sequence_index[r, lo:hi] = index
                 branch[r, lo:hi] = which
@@ -114,7 +119,20 @@ def with_shared_prompts(batch: dict[str, torch.Tensor], prompt_index: torch.Tens
         if key in groups and groups[key][0] != prompt:
             raise ValueError(f"rows with prompt index {key} have different prompts")
         groups.setdefault(key, (prompt, []))[1].append((completion, row))
-    packed = pack_shared_prompts(list(groups.values()), 0, len(lengths))  # padding ids are never read
+    # Attention grows with the square of a segment, the prompt saved only linearly: a group whose completions are
+    # long goes into several segments of at most this many positions (one completion each, at worst: a padded row).
+    budget = max(MAX_SEGMENT, input_ids.shape[1])
+    segments = []
+    for prompt, branches in groups.values():
+        segments.append((prompt, []))
+        used = len(prompt) - 1
+        for completion, row in branches:
+            if segments[-1][1] and used + 1 + len(completion) > budget:
+                segments.append((prompt, []))
+                used = len(prompt) - 1
+            segments[-1][1].append((completion, row))
+            used += 1 + len(completion)
+    packed = pack_shared_prompts(segments, 0, len(lengths))  # padding ids are never read
     targets = packed["loss_mask"][:, 1:].bool()
     rows = packed["sequence_index"][:, 1:][targets]
     # completion token j of row s is the padded target at column start_s - 1 + j

@@ -126,7 +126,7 @@ class PolicyGradientMethod:
         rows = {k: v.to(device) for k, v in rows.items()}
         if config.mask_truncated_completions:
             rows["loss_mask"][rollout.truncated.to(device)] = 0
-        scored = self.model_batch(rows)
+        scored = self.model_batch(rows) if self.reference is not None or config.num_iterations > 1 else rows
         if self.reference is not None:
             rows["ref_token_logps"] = self.reference.token_logps(model, scored, config.temperature)
         if config.num_iterations > 1:  # the ratio's denominator: the policy that sampled, as the trainer scores it

@@ -23,14 +23,17 @@ def groups_of_rows(seed=0):
     return rows, torch.tensor(prompt_index), torch.tensor([len(p) for p, _ in sequences])
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_log_probs_entropy_and_gradients_equal_padded_rows(attention):
+@pytest.mark.parametrize("attention, max_segment", [("sdpa", 1024), ("eager", 1024), ("sdpa", 12)])
+def test_log_probs_entropy_and_gradients_equal_padded_rows(attention, max_segment, monkeypatch):
+    """max_segment 12: groups split into several segments (each as long as the longest padded row at most)."""
+    monkeypatch.setattr("posttrain.data.shared_prompts.MAX_SEGMENT", max_segment)
     model = build_tiny_model(seed=0, vocab_size=256)
     model.config._attn_implementation = attention
     rows, prompt_index, prompt_lengths = groups_of_rows()
     rows["loss_mask"][4] = 0  # a truncated completion masked out of the loss: no target in either layout
     packed = with_shared_prompts(rows, prompt_index, prompt_lengths)
     assert packed["packed_input_ids"].numel() < rows["input_ids"].numel()
+    assert packed["packed_input_ids"].shape[1] <= max(max_segment, rows["input_ids"].shape[1])
     weights = torch.randn(rows["input_ids"].shape[0], rows["input_ids"].shape[1] - 1,
                           generator=torch.Generator().manual_seed(1))
 

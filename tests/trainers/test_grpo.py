@@ -178,15 +178,17 @@ def test_grpo_batch_split_gives_the_same_run(tmp_path, reward_module):
     assert first["metrics"]["reward"]["value"] == pytest.approx(second["metrics"]["reward"]["value"])
 
 
-def test_packed_and_padded_groups_give_the_same_run(tmp_path, reward_module):
-    """pack_groups on and off: the same rollouts, losses and rewards step by step, over 2 micro-batches."""
+@pytest.mark.parametrize("overrides", [{}, {"beta": 0.04, "num_iterations": 2}], ids=["plain", "kl-mu2"])
+def test_packed_and_padded_groups_give_the_same_run(tmp_path, reward_module, overrides):
+    """pack_groups on and off: the same rollouts, losses and rewards step by step, over 2 micro-batches; with a
+    reference model and mu = 2, pi_ref and pi_old are scored packed too."""
     logs = []
     for name, pack in (("packed", True), ("padded", False)):
         train(rl_config(tmp_path / name, batch_size=2, group_size=3, grad_accum_steps=2, max_steps=3,
-                        eval_steps=None, num_eval_prompts=2, logging_steps=1, pack_groups=pack))
+                        eval_steps=None, num_eval_prompts=2, logging_steps=1, pack_groups=pack, **overrides))
         logs.append([json.loads(x) for x in (tmp_path / name / "run" / "log_history.jsonl").read_text().splitlines()])
     for packed, padded in zip(*logs, strict=True):
-        for key in ("loss", "reward", "completion_length", "entropy"):
+        for key in ("loss", "reward", "completion_length", "entropy", "kl", "kl_sequence", "clip_fraction_low"):
             if key in padded:
                 assert packed[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-6), key
 
