@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -152,6 +153,8 @@ def _coerce(value: Any, annotation: Any, field: dataclasses.Field | None, source
         _check_range(value, field, source, key)
         return value
     if annotation is float:
+        if isinstance(value, str) and _FLOAT_WITHOUT_DOT.fullmatch(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads 2e-5 as a string: only 2.0e-5 is a float to it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail("a number")
         _check_range(float(value), field, source, key)
@@ -161,6 +164,9 @@ def _coerce(value: Any, annotation: Any, field: dataclasses.Field | None, source
             fail("a string")
         return value
     raise ConfigError(f"{source}: key {key!r}: unsupported annotation {annotation!r}")  # a bug in a config class
+
+
+_FLOAT_WITHOUT_DOT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 def _check_range(value: float, field: dataclasses.Field | None, source: str, key: str) -> None:

@@ -88,6 +88,21 @@ def test_config_errors_name_key_value_and_expectation(tmp_path, write_jsonl):
         build_method_config(str(bad))
 
 
+def test_exponent_notation_without_a_dot_is_a_number(tmp_path, write_jsonl):
+    """PyYAML reads 2e-5 as a string (YAML 1.1 wants 2.0e-5); a float key takes it as the number it means, from an
+    override and from a file. Other strings are still refused."""
+    path = _write_config(tmp_path, write_jsonl)
+    _, config = build_method_config(str(path), ["learning_rate=2e-5", "adam_epsilon=1E-8"])
+    assert config.learning_rate == 2e-5 and config.adam_epsilon == 1e-8
+    in_file = tmp_path / "exp.yaml"
+    in_file.write_text(path.read_text() + "\nweight_decay: 1e-2\n")
+    assert build_method_config(str(in_file))[1].weight_decay == 0.01
+    with pytest.raises(Exception, match=r"key 'learning_rate' has value 'fast', expected a number"):
+        build_method_config(str(path), ["learning_rate=fast"])
+    with pytest.raises(Exception, match=r"key 'max_steps' has value '1e3', expected an integer"):
+        build_method_config(str(path), ["max_steps=1e3"])
+
+
 def test_cli_reports_errors_without_traceback(tmp_path, write_jsonl):
     path = _write_config(tmp_path, write_jsonl)
     result = subprocess.run([sys.executable, "-m", "posttrain.cli", "train", str(path), "batch_sise=4"],
