@@ -249,10 +249,6 @@ class Engine:
         if self.step_in_backward:  # backward has updated the weights already; the rest of the step is bookkeeping
             grad_norm, grads_finite = self.step_in_backward.finish()
             finite = math.isfinite(loss_total) and grads_finite
-            if not grads_finite:
-                log.warning("step %d: %d parameters had a non-finite gradient and kept their weights; the others "
-                            "were updated (optimizer_in_backward)", self.state["step"] + 1,
-                            self.step_in_backward.nonfinite)
             self._after_update(finite, loss_total, grad_norm)
             return loss_total, metrics, tokens, grad_norm, finite
         if self.scaler:
@@ -279,7 +275,9 @@ class Engine:
         else:
             self.state["nonfinite_in_a_row"] += 1
             self.state["nonfinite_total"] += 1
-            skipped = "parameters with a non-finite gradient not updated" if self.step_in_backward else "step skipped"
+            partial = self.step_in_backward.nonfinite if self.step_in_backward else 0
+            skipped = (f"{partial} parameters with a non-finite gradient kept their weights, the others were updated "
+                       "(optimizer_in_backward)" if partial else "step skipped")
             log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); %s",
                         self.state["step"] + 1, loss_total, grad_norm, skipped)
             if self.state["nonfinite_in_a_row"] >= self.config.max_consecutive_nonfinite:

@@ -32,7 +32,7 @@ class StepInBackward:
     """Steps ``optimizer`` (an AdamW) from backward hooks on its parameters.
 
     Use: ``attach()`` before training; per optimizer step ``start()``, one ``loss.backward()``, then ``finish()``,
-    which steps the deferred parameters and returns ``(grad_norm, finite)``; ``detach()`` at the end.
+    which steps what no hook saw and returns ``(grad_norm, finite)``; ``detach()`` at the end.
 
     Each parameter is stepped by a one-parameter AdamW of its own that shares the main optimizer's state for that
     parameter and copies its group's hyperparameters (the LR schedule updates the main optimizer's groups), so
@@ -72,25 +72,23 @@ class StepInBackward:
 
     def _step_one(self, param: torch.nn.Parameter) -> None:
         square = float(torch.linalg.vector_norm(param.grad.detach(), dtype=torch.float32)) ** 2  # no temporary
+        self.squares.append(square)
         if math.isfinite(square):
-            self.squares.append(square)
             single = self._single(param)
             single.state[param] = self.optimizer.state[param]  # the main optimizer's moments and step count
             single.step()
         else:
-            self.squares.append(square)
             self.nonfinite += 1
         param.grad = None  # the point of it all: this gradient's memory is free for the rest of backward
 
     def _single(self, param: torch.nn.Parameter) -> torch.optim.Optimizer:
         group = self.optimizer.param_groups[self.group_index[id(param)]]
+        options = {k: v for k, v in group.items() if k != "params"}  # the current lr, set by the schedule
         single = self.single.get(id(param))
         if single is None:
-            options = {k: v for k, v in group.items() if k != "params"}
             single = type(self.optimizer)([{"params": [param], **options}], **_constructor_flags(self.optimizer))
             self.single[id(param)] = single
-        else:
-            single.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
+        single.param_groups[0].update(options)
         return single
 
 

@@ -208,11 +208,12 @@ def collate_pairs_packed(examples: list[PairExample], pad_token_id: int) -> dict
     batch = pack_shared_prompts(
         [(e.prompt_ids, [(e.chosen_ids, k), (e.rejected_ids, n + k)]) for k, e in enumerate(examples)],
         pad_token_id, 2 * n)
+    completion_position = batch.pop("completion_position")
     if all(e.ref_chosen is not None and e.ref_rejected is not None for e in examples):
         references = [e.ref_chosen for e in examples] + [e.ref_rejected for e in examples]
         targets = batch["loss_mask"][:, 1:].bool()  # target column t predicts token t + 1
         sequences = batch["sequence_index"][:, 1:][targets].tolist()
-        positions = batch.pop("completion_position")[:, 1:][targets].tolist()
+        positions = completion_position[:, 1:][targets].tolist()
         # without a prompt a completion's first token is no target, and its cached values start at its second
         skip = [0 if e.prompt_ids else 1 for e in examples] * 2
         try:
@@ -223,7 +224,6 @@ def collate_pairs_packed(examples: list[PairExample], pad_token_id: int) -> dict
         if sum(len(r) for r in references) != len(values):
             raise DataError("cached reference log-probs do not match the completions' lengths")
         batch["ref_token_logps"] = torch.zeros(targets.shape, dtype=torch.float32).masked_scatter(targets, values)
-    batch.pop("completion_position", None)
     if all(e.margin is not None for e in examples):
         batch["margin"] = torch.tensor([e.margin for e in examples], dtype=torch.float32)
     return batch

@@ -13,6 +13,12 @@ import torch
 MAX_SEGMENT = 1024
 
 
+def segment_length(prompt: list[int], branches: list[tuple[list[int], int]]) -> int:
+    """Positions of one ``pack_shared_prompts`` segment: p[:-1], then p[-1] once more before each completion."""
+    head = min(len(prompt), 1)
+    return len(prompt) - head + sum(head + len(completion) for completion, _ in branches)
+
+
 def pack_shared_prompts(segments: list[tuple[list[int], list[tuple[list[int], int]]]], pad_token_id: int,
                         num_sequences: int) -> dict[str, torch.Tensor]:
     """Prompts with several completions each -> a few rows in which every prompt goes through the model once.
@@ -38,9 +44,7 @@ def pack_shared_prompts(segments: list[tuple[list[int], list[tuple[list[int], in
     position attends only to itself and is never a target; a sequence's first token is never a target.
     """
     def length(segment):
-        prompt, branches = segment  # p[:-1], then p[-1] once more before each completion
-        head = min(len(prompt), 1)
-        return len(prompt) - head + sum(head + len(c) for c, _ in branches)
+        return segment_length(*segment)
 
     order = sorted(range(len(segments)), key=lambda k: -length(segments[k]))
     width = length(segments[order[0]])
@@ -125,13 +129,10 @@ def with_shared_prompts(batch: dict[str, torch.Tensor], prompt_index: torch.Tens
     segments = []
     for prompt, branches in groups.values():
         segments.append((prompt, []))
-        used = len(prompt) - 1
-        for completion, row in branches:
-            if segments[-1][1] and used + 1 + len(completion) > budget:
+        for branch in branches:
+            if segments[-1][1] and segment_length(prompt, segments[-1][1] + [branch]) > budget:
                 segments.append((prompt, []))
-                used = len(prompt) - 1
-            segments[-1][1].append((completion, row))
-            used += 1 + len(completion)
+            segments[-1][1].append(branch)
     packed = pack_shared_prompts(segments, 0, len(lengths))  # padding ids are never read
     targets = packed["loss_mask"][:, 1:].bool()
     rows = packed["sequence_index"][:, 1:][targets]
