@@ -54,10 +54,12 @@ def run_hf(model, tokenizer, prompt_ids, group_size: int, temperature: float, ma
     return real_tokens(completions, tokenizer.eos_token_id), completions
 
 
-def run_ours(model, tokenizer, prompt_ids, group_size: int, temperature: float, max_new_tokens: int, seed: int):
+def run_ours(model, tokenizer, prompt_ids, group_size: int, temperature: float, max_new_tokens: int, seed: int,
+             draft_tokens: int):
     from posttrain.rollout import SamplingParams, sample
 
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                            draft_tokens=draft_tokens)
     rollout = sample(model, tokenizer, prompt_ids, params, group_size=group_size)
     return rollout.num_generated_tokens, rollout.completion_ids
 
@@ -78,7 +80,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16, help="completions per call")
     parser.add_argument("--scenarios", default="sample,greedy,group")
+    parser.add_argument("--drafts", type=int, default=0,
+                        help="also run our engine with speculative decoding, this many draft tokens (draft_tokens)")
     args = parser.parse_args()
+    engines = ("ours", "hf", "ours-drafts") if args.drafts else ("ours", "hf")
 
     import torch
 
@@ -94,10 +99,11 @@ def main() -> None:
         questions = arithmetic_questions(args.batch // group_size)
         prompt_ids = [chat_prompt_ids(tokenizer, q) for q in questions]
         for repeat in range(args.repeats):
-            for which in ("ours", "hf"):  # interleaved: A, B, A, B on a shared 2-core machine
-                if which == "ours":
+            for which in engines:  # interleaved: A, B, A, B on a shared 2-core machine
+                if which.startswith("ours"):
+                    drafts = args.drafts if which == "ours-drafts" else 0
                     call = lambda: run_ours(model, tokenizer, prompt_ids, group_size, temperature,  # noqa: E731
-                                            args.max_new_tokens, repeat)
+                                            args.max_new_tokens, repeat, drafts)
                 else:
                     torch.manual_seed(repeat)
                     call = lambda: run_hf(model, tokenizer, prompt_ids, group_size, temperature,  # noqa: E731
@@ -107,7 +113,7 @@ def main() -> None:
                     {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
                      "tokens_per_cpu_s": tokens / cpu_s, "system_s": system_s, "minor_faults": faults,
                      "completions": completions})
-                print(f"{scenario:>6} repeat {repeat + 1} {which:>4}: {tokens:4d} tokens in {seconds:6.2f} s = "
+                print(f"{scenario:>6} repeat {repeat + 1} {which:>10}: {tokens:4d} tokens in {seconds:6.2f} s = "
                       f"{tokens / seconds:6.1f} tok/s, {tokens / cpu_s:6.1f} tok/CPU-s (sys {system_s:.2f} s, "
                       f"{faults} minor faults)", flush=True)
         if scenario == "greedy":
@@ -116,17 +122,26 @@ def main() -> None:
             same = sum(torch.equal(o[o != tokenizer.pad_token_id], h[:width][h[:width] != tokenizer.pad_token_id])
                        for o, h in zip(ours, hf))
             print(f"greedy: {same}/{len(ours)} completions identical to transformers' token for token")
+            if args.drafts:
+                drafted = results[("greedy", "ours-drafts")][0]["completions"]
+                print(f"greedy: speculative and plain decoding identical: {torch.equal(ours, drafted)}")
+        if scenario != "greedy" and args.drafts:  # the same seeds: the same samples, up to rounding
+            same = sum(torch.equal(a, b) for r in range(args.repeats) for a, b in zip(
+                results[(scenario, "ours")][r]["completions"], results[(scenario, "ours-drafts")][r]["completions"]))
+            print(f"{scenario}: {same}/{args.repeats * args.batch} sampled completions identical with and without "
+                  "drafts")
 
     print(f"\nmedians over {args.repeats} runs, batch {args.batch}, max {args.max_new_tokens} new tokens, fp32, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
     print(f"{'scenario':>8}{'ours tok/s':>12}{'HF tok/s':>10}{'ratio':>8}   {'ours tok/CPU-s':>15}{'HF tok/CPU-s':>14}"
           f"{'ratio':>8}{'ours tokens':>13}{'HF tokens':>11}")
-    for scenario in args.scenarios.split(","):
-        runs = results[(scenario, "ours")], results[(scenario, "hf")]
+    for scenario, ours in ((s, o) for s in args.scenarios.split(",") for o in engines if o != "hf"):
+        runs = results[(scenario, ours)], results[(scenario, "hf")]
         rate = [statistics.median(r["tokens_per_s"] for r in by) for by in runs]
         cpu_rate = [statistics.median(r["tokens_per_cpu_s"] for r in by) for by in runs]
         count = [statistics.median(r["tokens"] for r in by) for by in runs]
-        print(f"{scenario:>8}{rate[0]:>12.1f}{rate[1]:>10.1f}{rate[0] / rate[1]:>7.2f}x   {cpu_rate[0]:>15.1f}"
+        label = scenario if ours == "ours" else f"{scenario} (drafts)"
+        print(f"{label:>8}{rate[0]:>12.1f}{rate[1]:>10.1f}{rate[0] / rate[1]:>7.2f}x   {cpu_rate[0]:>15.1f}"
               f"{cpu_rate[1]:>14.1f}{cpu_rate[0] / cpu_rate[1]:>7.2f}x{count[0]:>13.0f}{count[1]:>11.0f}")
 
 

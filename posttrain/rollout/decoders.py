@@ -4,14 +4,17 @@ Two implementations share one small interface, used by ``posttrain.rollout.sampl
 
 - ``prefill(prompts, group_size) -> logits (P * G, V)``: run each prompt (a list of token ids) once and give its cache
   to its ``G`` rows (rows of a group are contiguous);
-- ``step(tokens (B,)) -> logits (B, V)``: append one token per active row;
+- ``step(tokens (B, W)) -> logits (B, W, V)``: append ``W`` tokens to each active row (``W > 1``: a token and the
+  drafts that speculative decoding verifies);
+- ``rewind(counts (B,))``: forget each row's last ``counts`` tokens (rejected drafts); only when ``can_rewind``;
 - ``reorder(order)``: keep only the listed rows, row ``j`` becoming old row ``order[j]`` (finished rows are dropped
   so they stop costing compute).
 
 ``LlamaDecoder`` is the fast path for Llama-architecture models (SmolLM2, Llama 2/3, TinyLlama...): a lean loop over the
 Hugging Face module's own submodules (so LoRA layers and ``adapters_disabled`` apply, and weights updated by training
-are used as they are) with a KV cache allocated once. ``HFDecoder`` works with any causal LM through its ``forward`` and
-``past_key_values``; it is slower (transformers' per-step mask building and growing cache) but general.
+are used as they are) with a KV cache allocated once; it can rewind, so it verifies drafts. ``HFDecoder`` works with
+any causal LM through its ``forward`` and ``past_key_values``; it is slower (transformers' per-step mask building and
+growing cache) but general.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class LlamaDecoder:
     ``n_rep`` times more query rows against that head.
     """
 
+    can_rewind = True
+
     def __init__(self, model, max_rows: int, max_len: int):
         lm = causal_lm(model)
         self.inner = lm.model
@@ -109,12 +114,17 @@ class LlamaDecoder:
         return self.head(self.inner.norm(last)).repeat_interleave(group_size, dim=0)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        slots = self.lengths[: self.rows]
-        span = int(slots.max()) + 1
-        mask = torch.arange(span, device=self.device)[None, None, None, :] <= slots[:, None, None, None]
-        hidden = self._forward(tokens[:, None], slots[:, None], mask, slots=slots)
-        self.lengths[: self.rows] += 1
-        return self.head(self.inner.norm(hidden[:, -1]))
+        width = tokens.shape[1]
+        slots = self.lengths[: self.rows, None] + torch.arange(width, device=self.device)  # (B, W): where each goes
+        span = int(slots[:, -1].max()) + 1
+        mask = torch.arange(span, device=self.device)[None, None, None, :] <= slots[:, None, :, None]
+        hidden = self._forward(tokens, slots, mask, slots=slots)
+        self.lengths[: self.rows] += width
+        return self.head(self.inner.norm(hidden))
+
+    def rewind(self, counts: torch.Tensor) -> None:
+        """The slots of forgotten tokens are simply overwritten later: a row attends to its first ``n_b`` only."""
+        self.lengths[: self.rows] -= counts
 
     def reorder(self, order: torch.Tensor) -> None:
         """Keep rows ``order`` in that order. Only rows whose place changes are copied (the sampler moves surviving
@@ -135,7 +145,7 @@ class LlamaDecoder:
     def _forward(self, input_ids, positions, mask, fanout: int = 1, slots: torch.Tensor | None = None):
         """Decoder layers on ``input_ids (R, T)`` at RoPE ``positions`` (an int: the slot of the first column, the same
         for every row; or ``(R, T)``); ``mask (R, 1, T, S)``. Keys and values go to slots ``positions ..`` of
-        ``fanout`` consecutive cache rows per input row, or (one new token per row) to each row's slot in ``slots``."""
+        ``fanout`` consecutive cache rows per input row, or to each row's own slots ``slots (R, T)``."""
         batch, width = input_ids.shape
         start = positions if isinstance(positions, int) else 0
         if isinstance(positions, int):
@@ -157,9 +167,9 @@ class LlamaDecoder:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             cache = self.cache[index, :, : batch * fanout]
-            if slots is not None:  # (2, B, kv, S, D)[:, b, :, slots[b]] = (B, kv, D)
-                cache[0, row_index, :, slots] = k[:, :, 0]
-                cache[1, row_index, :, slots] = v[:, :, 0]
+            if slots is not None:  # (2, B, kv, S, D)[:, b, :, slots[b, t]] = (B, T, kv, D)
+                cache[0, row_index[:, None], :, slots] = k.transpose(1, 2)
+                cache[1, row_index[:, None], :, slots] = v.transpose(1, 2)
             else:  # one input row's keys go to its ``fanout`` cache rows at once
                 grouped = cache.view(2, batch, fanout, self.kv_heads, -1, self.head_dim)
                 grouped[0, :, :, :, start : start + width] = k[:, None]
@@ -175,7 +185,10 @@ class LlamaDecoder:
 
 
 class HFDecoder:
-    """Any causal LM through ``model(input_ids, attention_mask, position_ids, past_key_values)``."""
+    """Any causal LM through ``model(input_ids, attention_mask, position_ids, past_key_values)``. Its cache cannot
+    forget a different number of tokens per row, so it decodes one token per step (no drafts)."""
+
+    can_rewind = False
 
     def __init__(self, model, max_rows: int, max_len: int):
         self.model = model
@@ -202,10 +215,12 @@ class HFDecoder:
         return logits[expand]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] != 1:
+            raise ValueError("HFDecoder decodes one token per row per step")
         self.attention_mask = F.pad(self.attention_mask, (0, 1), value=1)
-        logits = self._call(tokens[:, None], self.positions[:, None], self.past)
+        logits = self._call(tokens, self.positions[:, None], self.past)
         self.positions = self.positions + 1
-        return logits
+        return logits[:, None]
 
     def reorder(self, order: torch.Tensor) -> None:
         self.past.reorder_cache(order)

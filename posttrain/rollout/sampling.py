@@ -18,6 +18,7 @@ import torch
 from posttrain.generation import chat_prompt_ids
 from posttrain.rollout.choice import choose_tokens, row_keys
 from posttrain.rollout.decoders import make_decoder
+from posttrain.rollout.drafts import PromptLookupDrafter
 
 
 @dataclass
@@ -29,6 +30,9 @@ class SamplingParams:
     stop_strings: tuple[str, ...] = ()  # a completion ends with the token that completes one of these
     seed: int = 0
     eos_token_ids: tuple[int, ...] | None = None  # None: the tokenizer's and the model's generation config's
+    # speculative decoding by prompt lookup, exact (``_decode_batch``): up to this many draft tokens per row and
+    # forward; 0: off. It pays only when few rows decode text that repeats itself (docs/benchmarks.md): off by default.
+    draft_tokens: int = field(default=0, metadata={"min": 0})
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Rollout:
     prompt_index: torch.Tensor  # (N,) which prompt each row came from
     generation_time_s: float
     num_generated_tokens: int
+    num_decode_forwards: int = 0  # decode steps after the prefills; fewer than tokens per row when drafts are kept
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -115,15 +120,18 @@ def sample(model, tokenizer, prompt_ids: list[list[int]], params: SamplingParams
     per_batch = max(1, (batch_size or rows_total) // shared)
     was_training = model.training
     model.eval()
-    try:  # one decoder (its KV cache, packed weights) serves every batch of this call
+    forwards = 0
+    # one decoder (its KV cache, packed weights) serves every batch of this call; its cache has room for the drafts
+    # (a row's own drafts stop at max_new_tokens, but a row is padded to the widest row's drafts)
+    try:
         decoder = make_decoder(model, min(per_batch * shared, rows_total),
-                               max(map(len, prompt_ids)) + params.max_new_tokens, backend)
+                               max(map(len, prompt_ids)) + params.max_new_tokens + params.draft_tokens, backend)
         for start in range(0, len(units), per_batch):
             batch = units[start : start + per_batch]
             prompt_index = torch.tensor([p for p, samples in batch for _ in samples], device=device)
             sample_index = torch.tensor([s for _, samples in batch for s in samples], device=device)
-            _decode_batch(decoder, tokenizer, [prompt_ids[p] for p, _ in batch], shared, prompt_index, sample_index,
-                          group_size, params, stops, tokens, logps, lengths, ended)
+            forwards += _decode_batch(decoder, tokenizer, [prompt_ids[p] for p, _ in batch], shared, prompt_index,
+                                      sample_index, group_size, params, stops, tokens, logps, lengths, ended)
     finally:
         model.train(was_training)
 
@@ -139,37 +147,96 @@ def sample(model, tokenizer, prompt_ids: list[list[int]], params: SamplingParams
         completion_ids=tokens, completion_mask=mask.long(), logps=logps, truncated=~ended, texts=texts,
         prompt_index=torch.arange(len(prompt_ids), device=device).repeat_interleave(group_size),
         generation_time_s=time.perf_counter() - started, num_generated_tokens=int(lengths.sum()),
+        num_decode_forwards=forwards,
     )
 
 
 def _decode_batch(decoder, tokenizer, prompts, shared, prompt_index, sample_index, group_size, params, stops,
-                  tokens, logps, lengths, ended) -> None:
+                  tokens, logps, lengths, ended) -> int:
     """Generate for one batch: ``prompts`` are prefilled once each and shared by ``shared`` consecutive rows, labelled
     by ``prompt_index`` and ``sample_index`` (which fix each row's random stream and output row). Writes each row's
-    tokens, log-probs, length and end flag in place."""
+    tokens, log-probs, length and end flag in place, and returns the number of decode forwards.
+
+    Speculative decoding, exact: each forward feeds a row its last token plus up to k draft tokens (prompt lookup,
+    ``posttrain.rollout.drafts``) and gives logits at all k + 1 positions. The token at each position is chosen from
+    those logits with that position's own uniform (``choice.uniforms``), exactly as plain decoding would choose it, and
+    drafts are kept while each equals the token chosen in its place. The first chosen token that differs from its draft
+    is kept too, so a forward yields 1 .. k + 1 tokens, and they are the tokens plain decoding yields (up to floating
+    point rounding of a wider forward). No draft (k = 0) is plain decoding.
+    """
     device = tokens.device
     rows = prompt_index * group_size + sample_index  # active batch slot -> output row
     keys = row_keys(params.seed, prompt_index, sample_index)
+    done = torch.zeros(len(rows), dtype=torch.long, device=device)  # tokens emitted so far, per active row
     window = 4 * max((len(s) for s in params.stop_strings), default=0) + 2  # tokens that can hold a stop string
+    drafter = PromptLookupDrafter() if params.draft_tokens and decoder.can_rewind else None
+    if drafter is not None:
+        for row, prompt_row in zip(rows.tolist(), (p for p in prompts for _ in range(shared))):
+            drafter.start(row, prompt_row)
 
-    logits = decoder.prefill(prompts, shared)
-    for step in range(params.max_new_tokens):
-        chosen, chosen_logps = choose_tokens(logits, keys, step, params.temperature, params.top_k, params.top_p)
-        tokens[rows, step], logps[rows, step] = chosen, chosen_logps
-        finished = torch.isin(chosen, stops)
+    logits = decoder.prefill(prompts, shared)[:, None]  # (B, W, V): W = 1 + the drafts fed at the last forward
+    drafts = torch.empty(len(rows), 0, dtype=torch.long, device=device)  # -1 where a row had fewer drafts
+    forwards = 0
+    while True:
+        width = logits.shape[1]
+        offsets = torch.arange(width, device=device)
+        positions = done[:, None] + offsets  # (B, W): completion position of the token chosen from each logit
+        chosen, chosen_logps = choose_tokens(logits.flatten(0, 1), keys.repeat_interleave(width), positions.flatten(),
+                                             params.temperature, params.top_k, params.top_p)
+        chosen, chosen_logps = chosen.view(-1, width), chosen_logps.view(-1, width)
+        accepted = (chosen[:, :-1] == drafts).long().cumprod(-1).sum(-1)  # drafts kept before the first miss
+        fresh = offsets[None, :] <= accepted[:, None]  # (B, W): the tokens this forward yields
+        out_rows = rows[:, None].expand(-1, width)
+        tokens[out_rows[fresh], positions[fresh]] = chosen[fresh]
+        logps[out_rows[fresh], positions[fresh]] = chosen_logps[fresh]
+
+        stopped = torch.isin(chosen, stops) & fresh  # (B, W): EOS or a completed stop string at this token
         if params.stop_strings:
-            tails = tokenizer.batch_decode(tokens[rows, max(0, step + 1 - window) : step + 1].tolist(),
-                                           skip_special_tokens=True)
-            finished |= torch.tensor([first_stop_end(t, params.stop_strings) is not None for t in tails], device=device)
-        if step + 1 == params.max_new_tokens:
-            ended[rows[finished]] = True
-            break
+            candidates = fresh.nonzero().tolist()
+            tails = tokenizer.batch_decode(
+                [tokens[rows[b], max(0, int(positions[b, j]) + 1 - window) : int(positions[b, j]) + 1].tolist()
+                 for b, j in candidates], skip_special_tokens=True)
+            for (b, j), tail in zip(candidates, tails):
+                stopped[b, j] |= first_stop_end(tail, params.stop_strings) is not None
+        ends = stopped | (fresh & (positions == params.max_new_tokens - 1))
+        finished = ends.any(-1)
+        first_end = ends.long().argmax(-1)  # the first ending token, for finished rows
+        ended[rows[finished]] = stopped[finished, first_end[finished]]
+        lengths[rows[finished]] = positions[finished, first_end[finished]] + 1
+        if finished.all():
+            return forwards
+
+        emitted = accepted + 1
+        if drafter is not None:
+            for row, new, count in zip(rows.tolist(), chosen.tolist(), emitted.tolist()):
+                drafter.extend(row, new[:count])
+        if width > 1:
+            decoder.rewind(width - emitted)  # fed: the last token and W - 1 drafts; valid: it and the kept drafts
+        last = chosen.gather(-1, accepted[:, None]).squeeze(-1)  # the newest token, not yet fed to the model
+        done += emitted
         if finished.any():
-            lengths[rows[finished]] = step + 1
-            ended[rows[finished]] = True
-            if finished.all():
-                break
             order = compaction_order(finished)
-            rows, keys, chosen = rows[order], keys[order], chosen[order]
+            rows, keys, done, last = rows[order], keys[order], done[order], last[order]
             decoder.reorder(order)
-        logits = decoder.step(chosen)
+        drafts = _propose(drafter, rows, done, params, len(rows))
+        fed = torch.cat([last[:, None], drafts.clamp_min(0)], dim=1)  # a row short of drafts is padded with token 0
+        logits = decoder.step(fed)
+        forwards += 1
+
+
+# Positions (rows x fed tokens) one verifying forward may hold. A decode step of SmolLM2-135M on 2 CPU cores costs
+# about the same for 1 to 4 rows and grows with more (docs/benchmarks.md), so drafts are worth it when few rows are
+# left, and with 16 rows they would slow every step for the few drafts that are kept.
+VERIFY_POSITIONS = 16
+
+
+def _propose(drafter, rows, done, params, num_rows: int) -> torch.Tensor:
+    """Draft tokens ``(B, k)`` for the active rows, -1 where a row has fewer; ``k`` shrinks as rows grow."""
+    budget = 0 if drafter is None else min(params.draft_tokens, VERIFY_POSITIONS // num_rows - 1)
+    if budget <= 0:
+        return torch.empty(num_rows, 0, dtype=torch.long, device=rows.device)
+    room = (params.max_new_tokens - 1 - done).tolist()  # the token after the last draft must still fit
+    proposals = [drafter.propose(row, min(budget, r)) for row, r in zip(rows.tolist(), room)]
+    width = max(map(len, proposals))
+    return torch.tensor([p + [-1] * (width - len(p)) for p in proposals], dtype=torch.long,
+                        device=rows.device).view(num_rows, width)
