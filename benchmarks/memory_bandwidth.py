@@ -7,8 +7,9 @@ A decode step at 16 rows multiplies 16 vectors by every weight matrix of the mod
 
 and this script measures the bandwidth two ways, with torch's default threads: a reduction over a 1 GiB tensor (the
 most favourable read pattern), and 16-row matrix products over a set of SmolLM2-shaped fp32 weights as large as the
-model (what a decode step does, without attention and sampling); and, for the compute side, a large square fp32
-matmul. Medians of --repeats runs.
+model (what a decode step does, without attention and sampling), with ``F.linear`` at 16 rows and with the
+oneDNN-prepacked, sibling-fused layers our decoder uses (``posttrain/rollout/packed.py``) at 1 to 16 rows; and, for
+the compute side, a large square fp32 matmul. Medians of --repeats runs.
 
     python benchmarks/memory_bandwidth.py --repeats 5
 """
@@ -37,6 +38,36 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def packed_step_floor(repeats: int, model_bytes: int) -> None:
+    """The linear layers of one decode step as our decoder runs them: q/k/v and gate/up fused, weights prepacked."""
+    from torch import nn
+
+    from posttrain.rollout.packed import fused_linear, single_linear
+
+    def linear(out_features, in_features):
+        return nn.Linear(in_features, out_features, bias=False)
+
+    for rows in (1, 4, 8, 16):
+        calls = []
+        for _ in range(LAYERS):
+            calls.append((576, fused_linear([linear(576, 576), linear(192, 576), linear(192, 576)], ROWS)))
+            calls.append((576, single_linear(linear(576, 576), ROWS)))
+            calls.append((576, fused_linear([linear(1536, 576), linear(1536, 576)], ROWS)))
+            calls.append((1536, single_linear(linear(576, 1536), ROWS)))
+        calls.append((576, single_linear(linear(*HEAD), ROWS)))
+        x = {576: torch.randn(rows, 576), 1536: torch.randn(rows, 1536)}
+
+        def one_step(calls=calls, x=x):
+            for width, call in calls:
+                call(x[width])
+
+        with torch.no_grad():
+            seconds = timed(one_step, repeats)
+        print(f"{rows:>2} rows through the prepacked, fused layers (121 calls): {seconds * 1e3:.1f} ms per step, "
+              f"{model_bytes / seconds / 1e9:.1f} GB/s of weights")
+        del calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -61,6 +92,7 @@ def main() -> None:
     print(f"{ROWS}-row products over {model_bytes / 1e6:.0f} MB of weights: {seconds * 1e3:.1f} ms per step, "
           f"{model_bytes / seconds / 1e9:.1f} GB/s, {flops / seconds / 1e9:.0f} GFLOP/s, "
           f"ceiling {ROWS / seconds:.0f} tokens/s at {ROWS} rows")
+    packed_step_floor(args.repeats, model_bytes)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     seconds = timed(lambda: a @ b, args.repeats)
     print(f"2048x2048 fp32 matmul (the compute ceiling torch reaches here): {2 * 2048**3 / seconds / 1e9:.0f} GFLOP/s; "

