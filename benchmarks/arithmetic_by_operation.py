@@ -25,9 +25,10 @@ def main() -> None:
     parser.add_argument("--pass-at", type=int, default=0, help="k for pass@k on the first 48 held-out subtractions")
     args = parser.parse_args()
     task = get_task("arithmetic", digits=2, operations="+-")
+    seeds = [int(s) for s in args.seeds.split(",")]
     for spec in args.models:
         model, tokenizer = load_model(spec, "float32", "cpu")[:2]
-        for seed in (int(s) for s in args.seeds.split(",")):
+        for seed in seeds:
             problems = task.problems("eval", 200, seed=seed)
             prompt_ids = chat_prompts(tokenizer, [p.prompt for p in problems])
             greedy = sample(model, tokenizer, prompt_ids, SamplingParams(max_new_tokens=64, temperature=0.0),
@@ -38,7 +39,7 @@ def main() -> None:
             parts = ", ".join(f"'{op}' {sum(v) / len(v):.3f} of {len(v)}" for op, v in sorted(correct.items()))
             total = sum(sum(v) for v in correct.values()) / len(problems)
             print(f"{spec}, held-out seed {seed}: {parts}; all {total:.3f}", flush=True)
-            if args.pass_at and seed == int(args.seeds.split(",")[0]):
+            if args.pass_at and seed == seeds[0]:
                 k = args.pass_at
                 chosen = [i for i, p in enumerate(problems) if p.meta["op"] == "-"][:48]
                 drawn = sample(model, tokenizer, [prompt_ids[i] for i in chosen],

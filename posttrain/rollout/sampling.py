@@ -192,10 +192,9 @@ def _decode_batch(decoder, tokenizer, prompts, shared, prompt_index, sample_inde
 
         stopped = torch.isin(chosen, stops) & fresh  # (B, W): EOS or a completed stop string at this token
         if params.stop_strings:
-            candidates = fresh.nonzero().tolist()
-            tails = tokenizer.batch_decode(
-                [tokens[rows[b], max(0, int(positions[b, j]) + 1 - window) : int(positions[b, j]) + 1].tolist()
-                 for b, j in candidates], skip_special_tokens=True)
+            candidates, written, at = fresh.nonzero().tolist(), tokens[rows].tolist(), positions.tolist()
+            tails = tokenizer.batch_decode([written[b][max(0, at[b][j] + 1 - window) : at[b][j] + 1]
+                                            for b, j in candidates], skip_special_tokens=True)
             for (b, j), tail in zip(candidates, tails):
                 stopped[b, j] |= first_stop_end(tail, params.stop_strings) is not None
         ends = stopped | (fresh & (positions == params.max_new_tokens - 1))
@@ -224,8 +223,8 @@ def _decode_batch(decoder, tokenizer, prompts, shared, prompt_index, sample_inde
         forwards += 1
 
 
-# Positions (rows x fed tokens) one verifying forward may hold. A decode step of SmolLM2-135M on 2 CPU cores costs
-# about the same for 1 to 4 rows and grows with more (docs/benchmarks.md), so drafts are worth it when few rows are
+# Positions (rows x fed tokens) one verifying forward may hold. A decode forward of SmolLM2-135M on 2 CPU cores costs
+# about the same up to ~16 positions and grows beyond (docs/benchmarks.md), so drafts are worth it when few rows are
 # left, and with 16 rows they would slow every step for the few drafts that are kept.
 VERIFY_POSITIONS = 16
 
@@ -238,5 +237,4 @@ def _propose(drafter, rows, done, params, num_rows: int) -> torch.Tensor:
     room = (params.max_new_tokens - 1 - done).tolist()  # the token after the last draft must still fit
     proposals = [drafter.propose(row, min(budget, r)) for row, r in zip(rows.tolist(), room)]
     width = max(map(len, proposals))
-    return torch.tensor([p + [-1] * (width - len(p)) for p in proposals], dtype=torch.long,
-                        device=rows.device).view(num_rows, width)
+    return torch.tensor([p + [-1] * (width - len(p)) for p in proposals], dtype=torch.long, device=rows.device)
