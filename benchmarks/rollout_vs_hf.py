@@ -9,7 +9,9 @@ N.'", chat template applied). Scenarios:
 - ``group``: 4 prompts x 4 completions at temperature 1, GRPO's shape (transformers: ``num_return_sequences=4``).
 
 ``--drafts k`` adds a third engine: ours with exact speculative decoding (prompt lookup, up to k draft tokens per row),
-checked to give the same completions as ours without.
+checked to give the same completions as ours without. ``--bf16`` adds two: ours decoding in bfloat16
+(``SamplingParams(dtype="bfloat16")``, the float32 model's weights rounded) and transformers on a bfloat16 copy of the
+model (its peer in the same dtype); the table compares ours in bfloat16 with both.
 
 Runs alternate ours, HF, ours, HF, ... in one process (same weights in memory) and we report medians. Throughput
 counts real completion tokens only: up to and including EOS, nothing after it. Our timing includes everything a call
@@ -58,11 +60,11 @@ def run_hf(model, tokenizer, prompt_ids, group_size: int, temperature: float, ma
 
 
 def run_ours(model, tokenizer, prompt_ids, group_size: int, temperature: float, max_new_tokens: int, seed: int,
-             draft_tokens: int):
+             draft_tokens: int, dtype: str | None = None):
     from posttrain.rollout import SamplingParams, sample
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                            draft_tokens=draft_tokens)
+                            draft_tokens=draft_tokens, dtype=dtype)
     rollout = sample(model, tokenizer, prompt_ids, params, group_size=group_size)
     return rollout.num_generated_tokens, rollout.completion_ids
 
@@ -85,8 +87,12 @@ def main() -> None:
     parser.add_argument("--scenarios", default="sample,greedy,group")
     parser.add_argument("--drafts", type=int, default=0,
                         help="also run our engine with speculative decoding, this many draft tokens (draft_tokens)")
+    parser.add_argument("--bf16", action="store_true", help="also run both engines in bfloat16")
     args = parser.parse_args()
-    engines = ("ours", "hf", "ours-drafts") if args.drafts else ("ours", "hf")
+    engines = ["ours", "hf"] + ["ours-drafts"] * bool(args.drafts) + ["ours-bf16", "hf-bf16"] * args.bf16
+    # (ours, peer) rows of the table
+    pairs = [("ours", "hf")] + [("ours-drafts", "hf")] * bool(args.drafts) + [
+        ("ours-bf16", "hf"), ("ours-bf16", "hf-bf16")] * args.bf16
 
     import torch
 
@@ -95,6 +101,11 @@ def main() -> None:
 
     model, tokenizer = load_model("smollm2-135m-instruct", "float32", "cpu")
     model.eval()
+    models = {"float32": model}
+    if args.bf16:
+        import copy
+
+        models["bfloat16"] = copy.deepcopy(model).to(torch.bfloat16)
     settings = {"sample": (1, 1.0), "greedy": (1, 0.0), "group": (4, 1.0)}
     results = {}
     for scenario in args.scenarios.split(","):
@@ -105,11 +116,13 @@ def main() -> None:
             for which in engines:  # interleaved: A, B, A, B on a shared 2-core machine
                 if which.startswith("ours"):
                     drafts = args.drafts if which == "ours-drafts" else 0
+                    dtype = "bfloat16" if which == "ours-bf16" else None
                     call = lambda: run_ours(model, tokenizer, prompt_ids, group_size, temperature,  # noqa: E731
-                                            args.max_new_tokens, repeat, drafts)
+                                            args.max_new_tokens, repeat, drafts, dtype)
                 else:
                     torch.manual_seed(repeat)
-                    call = lambda: run_hf(model, tokenizer, prompt_ids, group_size, temperature,  # noqa: E731
+                    peer = models["bfloat16" if which == "hf-bf16" else "float32"]
+                    call = lambda: run_hf(peer, tokenizer, prompt_ids, group_size, temperature,  # noqa: E731
                                           args.max_new_tokens)
                 (tokens, completions), seconds, cpu_s, system_s, faults = measured(call)
                 results.setdefault((scenario, which), []).append(
@@ -120,11 +133,12 @@ def main() -> None:
                       f"{tokens / seconds:6.1f} tok/s, {tokens / cpu_s:6.1f} tok/CPU-s (sys {system_s:.2f} s, "
                       f"{faults} minor faults)", flush=True)
         if scenario == "greedy":
-            ours, hf = results[("greedy", "ours")][0]["completions"], results[("greedy", "hf")][0]["completions"]
-            width = ours.shape[1]
-            same = sum(torch.equal(o[o != tokenizer.pad_token_id], h[:width][h[:width] != tokenizer.pad_token_id])
-                       for o, h in zip(ours, hf))
-            print(f"greedy: {same}/{len(ours)} completions identical to transformers' token for token")
+            for mine, peer in [("ours", "hf")] + [("ours-bf16", "hf-bf16"), ("ours-bf16", "hf")] * args.bf16:
+                ours, hf = results[("greedy", mine)][0]["completions"], results[("greedy", peer)][0]["completions"]
+                width = ours.shape[1]
+                same = sum(torch.equal(o[o != tokenizer.pad_token_id], h[:width][h[:width] != tokenizer.pad_token_id])
+                           for o, h in zip(ours, hf))
+                print(f"greedy: {same}/{len(ours)} completions of {mine} identical to {peer}'s token for token")
             if args.drafts:
                 drafted = results[("greedy", "ours-drafts")][0]["completions"]
                 print(f"greedy: speculative and plain decoding identical: {torch.equal(ours, drafted)}")
@@ -134,18 +148,18 @@ def main() -> None:
             print(f"{scenario}: {same}/{args.repeats * args.batch} sampled completions identical with and without "
                   "drafts")
 
-    print(f"\nmedians over {args.repeats} runs, batch {args.batch}, max {args.max_new_tokens} new tokens, fp32, "
-          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
-    print(f"{'scenario':>8}{'ours tok/s':>12}{'HF tok/s':>10}{'ratio':>8}   {'ours tok/CPU-s':>15}{'HF tok/CPU-s':>14}"
-          f"{'ratio':>8}{'ours tokens':>13}{'HF tokens':>11}")
-    for scenario, ours in ((s, o) for s in args.scenarios.split(",") for o in engines if o != "hf"):
-        runs = results[(scenario, ours)], results[(scenario, "hf")]
+    print(f"\nmedians over {args.repeats} runs, batch {args.batch}, max {args.max_new_tokens} new tokens, "
+          f"fp32 unless named, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
+    print(f"{'scenario':>8}{'ours':>12}{'peer':>9}{'ours tok/s':>12}{'peer tok/s':>11}{'ratio':>8}   "
+          f"{'ours tok/CPU-s':>15}{'peer tok/CPU-s':>15}{'ratio':>8}{'ours tokens':>13}{'peer tokens':>12}")
+    for scenario, (ours, peer) in ((s, pair) for s in args.scenarios.split(",") for pair in pairs):
+        runs = results[(scenario, ours)], results[(scenario, peer)]
         rate = [statistics.median(r["tokens_per_s"] for r in by) for by in runs]
         cpu_rate = [statistics.median(r["tokens_per_cpu_s"] for r in by) for by in runs]
         count = [statistics.median(r["tokens"] for r in by) for by in runs]
-        label = scenario if ours == "ours" else f"{scenario} (drafts)"
-        print(f"{label:>8}{rate[0]:>12.1f}{rate[1]:>10.1f}{rate[0] / rate[1]:>7.2f}x   {cpu_rate[0]:>15.1f}"
-              f"{cpu_rate[1]:>14.1f}{cpu_rate[0] / cpu_rate[1]:>7.2f}x{count[0]:>13.0f}{count[1]:>11.0f}")
+        print(f"{scenario:>8}{ours:>12}{peer:>9}{rate[0]:>12.1f}{rate[1]:>11.1f}{rate[0] / rate[1]:>7.2f}x   "
+              f"{cpu_rate[0]:>15.1f}{cpu_rate[1]:>15.1f}{cpu_rate[0] / cpu_rate[1]:>7.2f}x{count[0]:>13.0f}"
+              f"{count[1]:>12.0f}")
 
 
 if __name__ == "__main__":

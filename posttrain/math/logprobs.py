@@ -39,12 +39,16 @@ class TokenLogps(NamedTuple):
 class _ChunkedTokenLogps(torch.autograd.Function):
     """log pi(y|h) for rows of ``hidden``, chunk by chunk, without keeping logits for backward.
 
-    Backward uses d logp_t / d logits_t = onehot(y_t) - softmax(logits_t).
+    Backward uses d logp_t / d logits_t = onehot(y_t) - softmax(logits_t). Its products run in the dtype of the
+    forward's (``_matmul_dtype``: bf16 under bf16 autocast, although backward runs outside autocast); the softmax
+    statistics are always in >= fp32.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_size, with_entropy, accumulate_grad_in_place):
         n = hidden.shape[0]
+        matmul_dtype = _matmul_dtype(hidden)
+        projection = weight.to(matmul_dtype)
         dtype = _upcast_dtype(hidden.dtype)
         logps = hidden.new_empty(n, dtype=dtype)
         entropy = hidden.new_empty(n, dtype=dtype) if with_entropy else hidden.new_empty(0)
@@ -52,7 +56,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         is_argmax = torch.empty(n, dtype=torch.bool, device=hidden.device)
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
-            logits = _upcast(_project(hidden[start:stop], weight, bias))  # (n_chunk, V)
+            logits = _upcast(_project(hidden[start:stop].to(matmul_dtype), projection, bias))  # (n_chunk, V)
             target_logits = logits.gather(-1, targets[start:stop, None]).squeeze(-1)
             is_argmax[start:stop] = logits.argmax(-1) == targets[start:stop]
             if with_entropy:
@@ -65,7 +69,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             logps[start:stop] = target_logits - lse
         ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_empty(0), targets, lse_all)
         ctx.has_bias = bias is not None
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.matmul_dtype = chunk_size, matmul_dtype
         # Only a leaf parameter in its accumulation dtype can take its gradient in place (see the module docstring).
         in_place = accumulate_grad_in_place and weight.is_leaf and weight.dtype == _upcast_dtype(weight.dtype)
         ctx.grad_owner = weight if in_place else None
@@ -84,19 +88,24 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         else:
             grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if need_w else None
         grad_bias = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if need_b else None
+        matmul_dtype = ctx.matmul_dtype
+        projection = weight.to(matmul_dtype)
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             stop = min(start + ctx.chunk_size, hidden.shape[0])
-            h = hidden[start:stop]
-            logits = _upcast(_project(h, weight, bias))
+            h = hidden[start:stop].to(matmul_dtype)
+            logits = _upcast(_project(h, projection, bias))
             # d loss / d logits = g * (onehot - softmax), computed in place to keep one (n_chunk, V) buffer
             grad_logits = torch.exp_(logits.sub_(lse_all[start:stop, None])).neg_()
             grad_logits.scatter_add_(-1, targets[start:stop, None], torch.ones_like(grad_logits[:, :1]))
             grad_logits.mul_(grad_logps[start:stop, None].to(grad_logits.dtype))
-            grad_logits = grad_logits.to(hidden.dtype)
+            grad_logits = grad_logits.to(matmul_dtype)
             if need_h:
-                grad_hidden[start:stop] = grad_logits @ weight.to(hidden.dtype)
-            if need_w:
-                grad_weight.addmm_(grad_logits.t().to(acc_dtype), h.to(acc_dtype))
+                grad_hidden[start:stop] = grad_logits @ projection
+            if need_w:  # summed over chunks in >= fp32
+                if matmul_dtype == acc_dtype:
+                    grad_weight.addmm_(grad_logits.t(), h)
+                else:
+                    grad_weight += grad_logits.t() @ h
             if need_b:
                 grad_bias += grad_logits.to(acc_dtype).sum(0)
         if need_w:
@@ -124,6 +133,12 @@ def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
     input (``x - max`` and its ``exp``), 100 MB for a 256-row chunk of a 49k vocabulary."""
     maxes = logits.amax(dim=-1, keepdim=True)
     return logits.sub_(maxes).exp_().sum(-1).log_().add_(maxes.squeeze(-1))
+
+
+def _matmul_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """What the head's products run in: autocast's dtype inside autocast, else the hidden states' own."""
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on a CUDA device that supports it, else fp32 (CPU bf16 matmuls are slow and imprecise)."""
+    """``auto``: bf16 on a CUDA device that supports it, else fp32. (bf16 *weights* on CPU lose precision, and their
+    matmuls are slow without AVX512-BF16 or AMX; for speed on such CPUs use ``precision=bf16``: bf16 autocast over
+    fp32 weights, docs/grpo.md.)"""
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16

@@ -76,11 +76,15 @@ class LlamaDecoder:
 
     Grouped-query attention runs without copying K/V: the ``n_rep`` query heads that share a KV head are laid out as
     ``n_rep`` times more query rows against that head.
+
+    ``dtype``: what the products, attention and KV cache compute in (None: the model's dtype). With bfloat16 for a
+    float32 model the residual stream and the norms stay in float32 and the logits come back in float32, but they are
+    a rounded model's: sampling log-probs then differ from the trainer's (``SamplingParams.dtype``).
     """
 
     can_rewind = True
 
-    def __init__(self, model, max_rows: int, max_len: int):
+    def __init__(self, model, max_rows: int, max_len: int, dtype: torch.dtype | None = None):
         lm = causal_lm(model)
         self.inner = lm.model
         config = lm.config
@@ -88,16 +92,18 @@ class LlamaDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.n_rep = self.heads // self.kv_heads
         self.device = self.inner.embed_tokens.weight.device
+        self.dtype = dtype or self.inner.embed_tokens.weight.dtype
         # zeros, not empty: masked slots still enter attention as 0 * value, and uninitialised memory can hold NaN
         self.cache = torch.zeros(len(self.inner.layers), 2, max_rows, self.kv_heads, max_len, self.head_dim,
-                                 device=self.device, dtype=self.inner.embed_tokens.weight.dtype)
+                                 device=self.device, dtype=self.dtype)
         self.lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)  # n_b: filled slots per row
         self.rows = 0
         attns = [layer.self_attn for layer in self.inner.layers]
-        self.qkv = [fused_linear([a.q_proj, a.k_proj, a.v_proj], max_rows) for a in attns]
-        self.out_proj = [single_linear(a.o_proj, max_rows) for a in attns]
-        self.mlp = [mlp_function(layer.mlp, max_rows) for layer in self.inner.layers]
-        self.head = single_linear(lm.lm_head, max_rows)
+        self.qkv = [fused_linear([a.q_proj, a.k_proj, a.v_proj], max_rows, self.dtype) for a in attns]
+        self.out_proj = [single_linear(a.o_proj, max_rows, self.dtype) for a in attns]
+        self.mlp = [mlp_function(layer.mlp, max_rows, self.dtype) for layer in self.inner.layers]
+        head = single_linear(lm.lm_head, max_rows, self.dtype)
+        self.head = lambda x: head(x.to(self.dtype)).float()
 
     def prefill(self, prompts: list[list[int]], group_size: int) -> torch.Tensor:
         self.rows = len(prompts) * group_size
@@ -153,13 +159,13 @@ class LlamaDecoder:
         span = mask.shape[-1]
         x = self.inner.embed_tokens(input_ids)
         cos, sin = self.inner.rotary_emb(x, positions)
-        cos, sin = cos[:, None], sin[:, None]  # (R, 1, T, D), broadcast over heads
+        cos, sin = cos[:, None].to(self.dtype), sin[:, None].to(self.dtype)  # (R, 1, T, D), broadcast over heads
         if width > 1:  # the n_rep query heads of a KV head become n_rep * T query rows; one mask row each
             mask = mask.unsqueeze(2).expand(-1, -1, self.n_rep, -1, -1).reshape(batch, 1, self.n_rep * width, span)
         row_index = torch.arange(batch, device=self.device)
         for index, layer in enumerate(self.inner.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = layer.input_layernorm(x).to(self.dtype)
             q, k, v = self.qkv[index](h)
             q = q.reshape(batch, width, self.heads, self.head_dim).transpose(1, 2)
             k = k.reshape(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -180,27 +186,30 @@ class LlamaDecoder:
                                                  scale=attn.scaling)
             out = out.reshape(batch, self.heads, width, self.head_dim).transpose(1, 2).reshape(batch, width, -1)
             x = x + self.out_proj[index](out)
-            x = x + self.mlp[index](layer.post_attention_layernorm(x))
+            x = x + self.mlp[index](layer.post_attention_layernorm(x).to(self.dtype))
         return x
 
 
 class HFDecoder:
     """Any causal LM through ``model(input_ids, attention_mask, position_ids, past_key_values)``. Its cache cannot
-    forget a different number of tokens per row, so it decodes one token per step (no drafts)."""
+    forget a different number of tokens per row, so it decodes one token per step (no drafts). Another ``dtype`` than
+    the model's runs through autocast."""
 
     can_rewind = False
 
-    def __init__(self, model, max_rows: int, max_len: int):
+    def __init__(self, model, max_rows: int, max_len: int, dtype: torch.dtype | None = None):
         self.model = model
         self.device = next(model.parameters()).device
         self.keep_last = "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters
+        self.dtype = dtype if dtype not in (None, next(model.parameters()).dtype) else None
 
     def _call(self, input_ids, position_ids, past=None):
         extra = {"logits_to_keep": 1} if self.keep_last else {}
-        out = self.model(input_ids=input_ids, attention_mask=self.attention_mask, position_ids=position_ids,
-                         past_key_values=past, use_cache=True, **extra)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.model(input_ids=input_ids, attention_mask=self.attention_mask, position_ids=position_ids,
+                             past_key_values=past, use_cache=True, **extra)
         self.past = out.past_key_values
-        return out.logits[:, -1]
+        return out.logits[:, -1].float()
 
     def prefill(self, prompts: list[list[int]], group_size: int) -> torch.Tensor:
         input_ids, pad_lengths = left_pad(prompts, 0, self.device)
@@ -227,13 +236,13 @@ class HFDecoder:
         self.attention_mask, self.positions = self.attention_mask[order], self.positions[order]
 
 
-def make_decoder(model, max_rows: int, max_len: int, backend: str = "auto"):
+def make_decoder(model, max_rows: int, max_len: int, backend: str = "auto", dtype: torch.dtype | None = None):
     """``backend``: ``auto`` (the Llama fast path when the architecture allows, else the generic one), ``llama``,
-    or ``hf``."""
+    or ``hf``. ``dtype``: what the decoder computes in (None: the model's dtype)."""
     if backend not in ("auto", "llama", "hf"):
         raise ValueError(f"unknown rollout backend {backend!r}: expected auto, llama or hf")
     if backend == "llama" or (backend == "auto" and supports_llama_path(model)):
         if not supports_llama_path(model):
             raise ValueError(f"{type(causal_lm(model)).__name__} is not a Llama-style model; use backend='hf'")
-        return LlamaDecoder(model, max_rows, max_len)
-    return HFDecoder(model, max_rows, max_len)
+        return LlamaDecoder(model, max_rows, max_len, dtype)
+    return HFDecoder(model, max_rows, max_len, dtype)

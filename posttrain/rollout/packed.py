@@ -6,68 +6,86 @@ machine (16 rows, SmolLM2 shapes, one thread): 1.2x to 1.7x for the MLP, 1.7x fo
 49152-row output head. Sibling projections that read the same input
 (q/k/v, gate/up) are packed as one matrix, so each costs a single call.
 
-The packed copy is a second copy of the weights (about the model's size in memory), made when a decoder is built (once
-per ``sample`` call, so weights updated by training are always the ones used) and freed with it. Anything that is not a
-plain ``nn.Linear`` (a LoRA-wrapped layer, a quantized one) and any non-CPU or non-float32 weight runs through the
-module itself, so adapters and ``adapters_disabled`` keep working.
+The packed copy is a second copy of the weights (about the model's size in memory, half in bfloat16), made when a
+decoder is built (once per ``sample`` call, so weights updated by training are always the ones used) and freed with
+it. ``dtype`` is the dtype the products run in: the weights' own, or bfloat16 for a float32 model (the copy is
+rounded; on CPUs with AVX512-BF16 a decode step's products take about half the time, docs/benchmarks.md). Anything
+that is not a plain ``nn.Linear`` (a LoRA-wrapped layer, a quantized one) runs through the module itself, its input
+cast to the module's dtype and its output to ``dtype``, so adapters and ``adapters_disabled`` keep working.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def _plain(modules) -> bool:
+    return all(type(m) is nn.Linear for m in modules)
 
 
 def _packable(modules) -> bool:
     return (
-        all(type(m) is nn.Linear for m in modules)
+        _plain(modules)
         and all(m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 for m in modules)
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
 
 
-def _pack(modules, rows: int):
-    """oneDNN-packed ``cat(weights)`` and ``cat(biases)`` (None when no module has a bias)."""
+def _joined(modules, dtype: torch.dtype):
+    """``cat(weights)`` and ``cat(biases)`` (None when no module has a bias), in ``dtype``."""
     weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else modules[0].weight.detach()
     biases = [m.bias for m in modules]
     bias = None if all(b is None for b in biases) else torch.cat(
         [b.detach() if b is not None else m.weight.new_zeros(m.out_features) for m, b in zip(modules, biases)])
-    return torch.ops.mkldnn._reorder_linear_weight(weight, rows), bias
+    return weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
-def fused_linear(modules: list[nn.Module], rows: int):
-    """A function ``x -> tuple of each module's output`` for modules that read the same input.
+def _through_modules(modules, dtype: torch.dtype):
+    module_dtype = next(modules[0].parameters()).dtype
+    if module_dtype == dtype:
+        return lambda x: tuple(m(x) for m in modules)
+    return lambda x: tuple(m(x.to(module_dtype)).to(dtype) for m in modules)
+
+
+def fused_linear(modules: list[nn.Module], rows: int, dtype: torch.dtype | None = None):
+    """A function ``x -> tuple of each module's output`` for modules that read the same input, computing in ``dtype``
+    (None: the weights' dtype); ``x`` must be in ``dtype``.
 
     ``rows``: the typical number of input rows (a layout hint for the packing; any number works).
     """
-    if not _packable(modules):
-        return lambda x: tuple(m(x) for m in modules)
-    try:
-        weight, bias = _pack(modules, rows)
-    except RuntimeError:  # a torch build whose oneDNN cannot pack this: the module path is always correct
-        return lambda x: tuple(m(x) for m in modules)
-    sizes = [m.out_features for m in modules]
+    dtype = dtype or next(modules[0].parameters()).dtype
+    sizes = [m.out_features for m in modules] if _plain(modules) else None
+    if _packable(modules):
+        weight, bias = _joined(modules, dtype)
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        except RuntimeError:  # a torch build whose oneDNN cannot pack this: the plain product is always correct
+            packed = None
+        if packed is not None:
+            return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "").split(sizes, dim=-1)
+    if sizes is not None and modules[0].weight.dtype != dtype:  # plain layers in another dtype: one rounded copy
+        weight, bias = _joined(modules, dtype)
+        return lambda x: F.linear(x, weight, bias).split(sizes, dim=-1)
+    return _through_modules(modules, dtype)
 
-    def run(x: torch.Tensor):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "").split(sizes, dim=-1)
 
-    return run
-
-
-def single_linear(module: nn.Module, rows: int):
+def single_linear(module: nn.Module, rows: int, dtype: torch.dtype | None = None):
     """``x -> module(x)``, prepacked when possible."""
-    run = fused_linear([module], rows)
+    run = fused_linear([module], rows, dtype)
     return lambda x: run(x)[0]
 
 
-def mlp_function(mlp: nn.Module, rows: int):
-    """A Llama MLP, ``down(act(gate(x)) * up(x))``, with gate and up as one packed matrix; the module itself when its
-    layers are not plain linear layers."""
+def mlp_function(mlp: nn.Module, rows: int, dtype: torch.dtype | None = None):
+    """A Llama MLP, ``down(act(gate(x)) * up(x))``, with gate and up as one matrix; the module itself when its layers
+    are not plain linear layers."""
     parts = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
-    if not hasattr(mlp, "act_fn") or not _packable(parts):
-        return mlp
-    gate_up, down = fused_linear(parts[:2], rows), single_linear(parts[2], rows)
+    if not hasattr(mlp, "act_fn") or not _plain(parts):
+        through = _through_modules([mlp], dtype or next(mlp.parameters()).dtype)
+        return lambda x: through(x)[0]
+    gate_up, down = fused_linear(parts[:2], rows, dtype), single_linear(parts[2], rows, dtype)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up(x)

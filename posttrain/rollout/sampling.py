@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from posttrain.generation import chat_prompt_ids
+from posttrain.models.loading import DTYPES
 from posttrain.rollout.choice import choose_tokens, row_keys
 from posttrain.rollout.decoders import make_decoder
 from posttrain.rollout.drafts import PromptLookupDrafter
@@ -33,6 +34,11 @@ class SamplingParams:
     # speculative decoding by prompt lookup, exact (``_decode_batch``): up to this many draft tokens per row and
     # forward; 0: off. It pays only when few rows decode text that repeats itself (docs/benchmarks.md): off by default.
     draft_tokens: int = field(default=0, metadata={"min": 0})
+    # what the decoder computes in: None, the model's dtype (float32: the trainer's own log-probs; under autocast, the
+    # autocast dtype), or e.g. "bfloat16" for a float32 model: faster on GPUs and on CPUs with AVX512-BF16
+    # (docs/benchmarks.md), from a rounded copy of the weights, so the tokens and log-probs are a slightly different
+    # policy's than the trainer's float32 one
+    dtype: str | None = None
 
 
 @dataclass
@@ -41,7 +47,8 @@ class Rollout:
 
     ``logps[i, t] = log softmax(logits_t / T)[completion_ids[i, t]]``: the log-prob under the temperature-scaled
     distribution *before* top-k / top-p truncation (what a trainer recomputes from temperature-scaled logits); with
-    temperature 0 (greedy) it is taken at temperature 1.
+    temperature 0 (greedy) it is taken at temperature 1. Decoded in another dtype (``SamplingParams.dtype``), it is
+    that rounded model's log-prob; the trainers never put it in a loss, they score every token themselves.
     """
 
     prompt_ids: list[list[int]]  # one per row, unpadded
@@ -72,6 +79,14 @@ def eos_ids(model, tokenizer, params: SamplingParams) -> list[int]:
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids |= set(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
     return sorted(ids)
+
+
+def compute_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ValueError(f"unknown rollout dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def first_stop_end(text: str, stop_strings) -> int | None:
@@ -118,20 +133,25 @@ def sample(model, tokenizer, prompt_ids: list[list[int]], params: SamplingParams
     units = [(p, range(s, s + shared)) for p in range(len(prompt_ids)) for s in range(0, group_size, shared)]
     units.sort(key=lambda unit: len(prompt_ids[unit[0]]))
     per_batch = max(1, (batch_size or rows_total) // shared)
+    dtype = compute_dtype(params.dtype)
+    if dtype is None and torch.is_autocast_enabled(device.type):  # called in mixed precision: decode in its dtype
+        dtype = torch.get_autocast_dtype(device.type)
     was_training = model.training
     model.eval()
     forwards = 0
     # one decoder (its KV cache, packed weights) serves every batch of this call; its cache has room for the drafts
     # (a row's own drafts stop at max_new_tokens, but a row is padded to the widest row's drafts)
     try:
-        decoder = make_decoder(model, min(per_batch * shared, rows_total),
-                               max(map(len, prompt_ids)) + params.max_new_tokens + params.draft_tokens, backend)
-        for start in range(0, len(units), per_batch):
-            batch = units[start : start + per_batch]
-            prompt_index = torch.tensor([p for p, samples in batch for _ in samples], device=device)
-            sample_index = torch.tensor([s for _, samples in batch for s in samples], device=device)
-            forwards += _decode_batch(decoder, tokenizer, [prompt_ids[p] for p, _ in batch], shared, prompt_index,
-                                      sample_index, group_size, params, stops, tokens, logps, lengths, ended)
+        with torch.autocast(device.type, enabled=False):  # the decoder computes in ``dtype`` itself
+            max_len = max(map(len, prompt_ids)) + params.max_new_tokens + params.draft_tokens
+            decoder = make_decoder(model, min(per_batch * shared, rows_total), max_len, backend, dtype)
+            for start in range(0, len(units), per_batch):
+                batch = units[start : start + per_batch]
+                prompt_index = torch.tensor([p for p, samples in batch for _ in samples], device=device)
+                sample_index = torch.tensor([s for _, samples in batch for s in samples], device=device)
+                forwards += _decode_batch(decoder, tokenizer, [prompt_ids[p] for p, _ in batch], shared,
+                                          prompt_index, sample_index, group_size, params, stops, tokens, logps,
+                                          lengths, ended)
     finally:
         model.train(was_training)
 

@@ -30,7 +30,7 @@ from posttrain.math import clipped_policy_loss, group_advantages, kl_estimate, m
 from posttrain.math.advantages import leave_one_out_advantages, moving_average
 from posttrain.math.policy import aggregated_loss_sum, loss_normaliser
 from posttrain.models.forward import token_logps
-from posttrain.rollout import SamplingParams, chat_prompts, sample
+from posttrain.rollout import chat_prompts, sample
 from posttrain.tasks.rewards import build_reward
 from posttrain.trainers.common import load_policy, train_and_save, write_evaluation
 from posttrain.trainers.reference import ReferencePolicy
@@ -41,6 +41,7 @@ from posttrain.trainers.rl import (
     load_problems,
     prompt_batch,
     rl_evaluation,
+    rollout_params,
 )
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,7 @@ class PolicyGradientMethod:
     def __init__(self, config: GRPOConfig, tokenizer, train_problems, eval_problems, reward, task, reference):
         self.config, self.tokenizer, self.reward, self.task, self.reference = config, tokenizer, reward, task, reference
         self.train_problems, self.eval_problems = train_problems, eval_problems
-        self.sampling = SamplingParams(config.max_new_tokens, config.temperature, config.top_p, config.top_k,
-                                       tuple(config.stop_strings), config.seed)
+        self.sampling = rollout_params(config)
         self.baseline: float | None = None
         self.rollout_batches: list[dict] = []
         self.iteration = 0

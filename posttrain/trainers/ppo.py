@@ -55,7 +55,7 @@ from posttrain.models.forward import causal_lm, hidden_states, logps_from_hidden
 from posttrain.models.lora import is_peft_model
 from posttrain.models.reward import RewardModelScorer, load_reward_model
 from posttrain.models.saving import save_model
-from posttrain.rollout import SamplingParams, chat_prompts, sample
+from posttrain.rollout import chat_prompts, sample
 from posttrain.tasks.rewards import build_reward
 from posttrain.trainers.common import load_policy, log_trainable, write_evaluation
 from posttrain.trainers.reference import ReferencePolicy
@@ -66,6 +66,7 @@ from posttrain.trainers.rl import (
     load_problems,
     prompt_batch,
     rl_evaluation,
+    rollout_params,
 )
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,7 @@ class PPOMethod:
     def __init__(self, config: PPOConfig, tokenizer, train_problems, eval_problems, reward, task, reference):
         self.config, self.tokenizer, self.reward, self.task, self.reference = config, tokenizer, reward, task, reference
         self.train_problems, self.eval_problems = train_problems, eval_problems
-        self.sampling = SamplingParams(config.max_new_tokens, config.temperature, config.top_p, config.top_k,
-                                       tuple(config.stop_strings), config.seed)
+        self.sampling = rollout_params(config)
         self.kl_coef = config.kl_coef
         self.rollout_rows: dict[str, torch.Tensor] | None = None
         self.schedule: list[torch.Tensor] = []  # the minibatch row indices still to train on, in order

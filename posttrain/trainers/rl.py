@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -31,6 +31,10 @@ class OnlineRLConfig(PolicyTrainingConfig):
     top_p: float = field(default=1.0, metadata={"min": 0, "max": 1})
     top_k: int = field(default=0, metadata={"min": 0})
     stop_strings: list[str] = field(default_factory=list)
+    # the dtype rollouts are sampled in. auto: the training precision's (bf16 under precision=bf16, else the policy's
+    # dtype); bfloat16 is faster but a rounded policy samples, while the trainer scores every token at its own
+    # precision (posttrain.rollout.SamplingParams.dtype)
+    rollout_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     eval_samples: int = field(default=16, metadata={"min": 0})  # rows written to samples.jsonl at each evaluation
 
 
@@ -68,6 +72,13 @@ def load_problems(config: OnlineRLConfig):
     task = get_task(config.task, **config.task_options)
     return task, task.problems("train", config.num_train_prompts, config.seed), \
         task.problems("eval", config.num_eval_prompts, config.seed)
+
+
+def rollout_params(config: OnlineRLConfig) -> SamplingParams:
+    """How training rollouts are sampled. (Held-out evaluation is greedy and always in the policy's own dtype.)"""
+    return SamplingParams(config.max_new_tokens, config.temperature, config.top_p, config.top_k,
+                          tuple(config.stop_strings), config.seed,
+                          dtype=None if config.rollout_dtype == "auto" else config.rollout_dtype)
 
 
 @torch.no_grad()

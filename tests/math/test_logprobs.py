@@ -89,3 +89,38 @@ def test_in_place_weight_gradient_equals_the_returned_one(existing_grad):
         hidden.grad = None
     torch.testing.assert_close(grads[1][0], grads[0][0])
     torch.testing.assert_close(grads[1][1], grads[0][1])
+
+
+def test_under_autocast_backward_multiplies_in_the_autocast_dtype():
+    """Under bf16 autocast the head's forward products are bf16; its backward (which autograd runs outside autocast)
+    must be too, or mixed-precision training pays float32 products for a fifth of its FLOPs. Values and gradients
+    match autograd through the same autocast, to bf16 precision."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ProductDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default):
+                self.dtypes |= {a.dtype for a in args if isinstance(a, torch.Tensor)}
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    n, h, v = 12, 16, 40
+    hidden = torch.randn(n, h, requires_grad=True)
+    weight = torch.randn(v, h, requires_grad=True)
+    targets = torch.randint(0, v, (n,))
+    upstream = torch.randn(n)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = naive_token_logps(hidden @ weight.t(), targets)
+        out = chunked_token_logps(hidden, weight, targets, chunk_size=5)
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), [hidden, weight])
+    with ProductDtypes() as products:
+        grads = torch.autograd.grad((out.logps * upstream).sum(), [hidden, weight])
+    assert products.dtypes == {torch.bfloat16}
+    assert out.logps.dtype == torch.float32 and grads[1].dtype == torch.float32
+    torch.testing.assert_close(out.logps, ref, atol=1e-5, rtol=1e-5)  # the same bf16 logits, fp32 softmax
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)

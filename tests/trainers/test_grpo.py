@@ -144,6 +144,7 @@ def rewards_over_training(tmp_path) -> list[float]:
 @pytest.mark.parametrize("overrides", [
     {"method": "grpo"},
     {"method": "grpo", "beta": 0.04, "loss_aggregation": "token", "num_iterations": 2},
+    {"method": "grpo", "precision": "bf16"},  # bf16 autocast in training, bf16 rollouts
     {"method": "rloo", "beta": 0.01},
     {"method": "reinforce", "group_size": 4, "batch_size": 4},
 ], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
@@ -208,3 +209,23 @@ def test_group_methods_need_groups(tmp_path, reward_module):
 
     with pytest.raises(ConfigError, match="group_size >= 2"):
         train(rl_config(tmp_path, group_size=1))
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({}, None), ({"rollout_dtype": "bfloat16"}, "bfloat16"), ({"precision": "bf16"}, None),
+], ids=["default", "bf16-rollouts", "bf16-training"])
+def test_rollout_dtype_reaches_the_sampler(tmp_path, reward_module, monkeypatch, overrides, expected):
+    """Training rollouts take ``rollout_dtype``; under precision=bf16 ``auto`` leaves it to the autocast around the
+    rollout (tests/rollout/test_dtype.py), so the sampler is asked for no dtype but runs inside bf16 autocast."""
+    from posttrain.trainers import grpo as grpo_module
+
+    seen = []
+    original = grpo_module.sample
+
+    def spy(model, tokenizer, prompt_ids, params, **kwargs):
+        seen.append((params.dtype, torch.is_autocast_enabled("cpu")))
+        return original(model, tokenizer, prompt_ids, params, **kwargs)
+
+    monkeypatch.setattr(grpo_module, "sample", spy)
+    train(rl_config(tmp_path, max_steps=1, eval_steps=None, num_eval_prompts=2, **overrides))
+    assert seen == [(expected, overrides.get("precision") == "bf16")]
