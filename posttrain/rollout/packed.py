@@ -9,9 +9,10 @@ machine (16 rows, SmolLM2 shapes, one thread): 1.2x to 1.7x for the MLP, 1.7x fo
 The packed copy is a second copy of the weights (about the model's size in memory, half in bfloat16), made when a
 decoder is built (once per ``sample`` call, so weights updated by training are always the ones used) and freed with
 it. ``dtype`` is the dtype the products run in: the weights' own, or bfloat16 for a float32 model (the copy is
-rounded; on CPUs with AVX512-BF16 a decode step's products take about half the time, docs/benchmarks.md). Anything
-that is not a plain ``nn.Linear`` (a LoRA-wrapped layer, a quantized one) runs through the module itself, its input
-cast to the module's dtype and its output to ``dtype``, so adapters and ``adapters_disabled`` keep working.
+rounded; on a CPU with AVX512-BF16 a 16-row decode step's products took two thirds of the time, docs/benchmarks.md).
+Anything that is not a plain ``nn.Linear`` (a LoRA-wrapped layer, a quantized one) runs through the module itself,
+its input cast to the module's dtype and its output to ``dtype``, so adapters and ``adapters_disabled`` keep
+working.
 """
 
 from __future__ import annotations
