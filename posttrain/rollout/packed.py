@@ -44,11 +44,20 @@ def _joined(modules, dtype: torch.dtype):
     return weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
-def _through_modules(modules, dtype: torch.dtype):
+def _through_modules(modules, dtype: torch.dtype | None):
     module_dtype = next(modules[0].parameters()).dtype
-    if module_dtype == dtype:
+    if dtype in (None, module_dtype):
         return lambda x: tuple(m(x) for m in modules)
     return lambda x: tuple(m(x.to(module_dtype)).to(dtype) for m in modules)
+
+
+def _packed(modules, rows: int, dtype: torch.dtype):
+    """oneDNN-packed ``cat(weights)`` and ``cat(biases)`` in ``dtype``; None when this torch build cannot pack it."""
+    weight, bias = _joined(modules, dtype)
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, rows), bias
+    except RuntimeError:
+        return None
 
 
 def fused_linear(modules: list[nn.Module], rows: int, dtype: torch.dtype | None = None):
@@ -57,20 +66,18 @@ def fused_linear(modules: list[nn.Module], rows: int, dtype: torch.dtype | None 
 
     ``rows``: the typical number of input rows (a layout hint for the packing; any number works).
     """
-    dtype = dtype or next(modules[0].parameters()).dtype
-    sizes = [m.out_features for m in modules] if _plain(modules) else None
-    if _packable(modules):
-        weight, bias = _joined(modules, dtype)
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-        except RuntimeError:  # a torch build whose oneDNN cannot pack this: the plain product is always correct
-            packed = None
-        if packed is not None:
-            return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "").split(sizes, dim=-1)
-    if sizes is not None and modules[0].weight.dtype != dtype:  # plain layers in another dtype: one rounded copy
-        weight, bias = _joined(modules, dtype)
-        return lambda x: F.linear(x, weight, bias).split(sizes, dim=-1)
-    return _through_modules(modules, dtype)
+    if not _plain(modules):
+        return _through_modules(modules, dtype)
+    dtype = dtype or modules[0].weight.dtype
+    sizes = [m.out_features for m in modules]
+    packed = _packed(modules, rows, dtype) if _packable(modules) else None
+    if packed is not None:
+        weight, bias = packed
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "").split(sizes, dim=-1)
+    if modules[0].weight.dtype == dtype:  # the module path is always correct
+        return _through_modules(modules, dtype)
+    weight, bias = _joined(modules, dtype)  # plain layers in another dtype: one rounded copy
+    return lambda x: F.linear(x, weight, bias).split(sizes, dim=-1)
 
 
 def single_linear(module: nn.Module, rows: int, dtype: torch.dtype | None = None):
@@ -84,7 +91,7 @@ def mlp_function(mlp: nn.Module, rows: int, dtype: torch.dtype | None = None):
     are not plain linear layers."""
     parts = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
     if not hasattr(mlp, "act_fn") or not _plain(parts):
-        through = _through_modules([mlp], dtype or next(mlp.parameters()).dtype)
+        through = _through_modules([mlp], dtype)
         return lambda x: through(x)[0]
     gate_up, down = fused_linear(parts[:2], rows, dtype), single_linear(parts[2], rows, dtype)
 
