@@ -52,9 +52,23 @@ def supports_llama_path(model) -> bool:
     return all(hasattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")) and not hasattr(attn, "q_norm")
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, out: torch.Tensor | None = None):
+    """RoPE as Hugging Face's Llama applies it, ``x cos + rotate_half(x) sin`` with ``rotate_half(x) = (-x2, x1)``,
+    in four kernels instead of eight: ``(x2, x1)`` is the two halves flipped, and the minus sign lives in
+    ``signed_sin = (-s1, s2)``. The same products and sums, so the same floats (``addcmul`` would fuse them into
+    one rounding and no longer match the model's own forward). ``out=x`` rotates in place."""
+    flipped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)  # a copy, so writing ``out`` cannot change it
+    return torch.add(x * cos, flipped * signed_sin, out=out)
+
+
+def norm_function(norm: torch.nn.Module):
+    """``x -> norm(x)``. A float32 Llama RMSNorm runs as one fused ``F.rms_norm`` (the same floats: ``w * x *
+    rsqrt(mean(x^2) + eps)``), instead of the module's six kernels; any other norm runs as itself."""
+    weight, eps = getattr(norm, "weight", None), getattr(norm, "variance_epsilon", None)
+    if not type(norm).__name__.endswith("RMSNorm") or eps is None or weight is None or weight.dtype != torch.float32:
+        return norm
+    shape = (weight.shape[0],)
+    return lambda x: F.rms_norm(x, shape, weight, eps) if x.dtype == torch.float32 else norm(x)
 
 
 def common_prefix_length(prompts: list[list[int]]) -> int:
@@ -102,6 +116,11 @@ class LlamaDecoder:
         self.qkv = [fused_linear([a.q_proj, a.k_proj, a.v_proj], max_rows, self.dtype) for a in attns]
         self.out_proj = [single_linear(a.o_proj, max_rows, self.dtype) for a in attns]
         self.mlp = [mlp_function(layer.mlp, max_rows, self.dtype) for layer in self.inner.layers]
+        self.attn_norms = [norm_function(layer.input_layernorm) for layer in self.inner.layers]
+        self.mlp_norms = [norm_function(layer.post_attention_layernorm) for layer in self.inner.layers]
+        self.final_norm = norm_function(self.inner.norm)
+        half = self.head_dim // 2
+        self.sin_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.device, self.dtype)
         head = single_linear(lm.lm_head, max_rows, self.dtype)
         self.head = lambda x: head(x.to(self.dtype)).float()
 
@@ -117,7 +136,7 @@ class LlamaDecoder:
         lengths = torch.tensor([len(p) for p in prompts], device=self.device)
         last = hidden[torch.arange(len(prompts), device=self.device), lengths - shared - 1]  # (P, H)
         self.lengths[: self.rows] = lengths.repeat_interleave(group_size)
-        return self.head(self.inner.norm(last)).repeat_interleave(group_size, dim=0)
+        return self.head(self.final_norm(last)).repeat_interleave(group_size, dim=0)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         width = tokens.shape[1]
@@ -126,7 +145,7 @@ class LlamaDecoder:
         mask = torch.arange(span, device=self.device)[None, None, None, :] <= slots[:, None, :, None]
         hidden = self._forward(tokens, slots, mask, slots=slots)
         self.lengths[: self.rows] += width
-        return self.head(self.inner.norm(hidden))
+        return self.head(self.final_norm(hidden))
 
     def rewind(self, counts: torch.Tensor) -> None:
         """The slots of forgotten tokens are simply overwritten later: a row attends to its first ``n_b`` only."""
@@ -159,34 +178,31 @@ class LlamaDecoder:
         span = mask.shape[-1]
         x = self.inner.embed_tokens(input_ids)
         cos, sin = self.inner.rotary_emb(x, positions)
-        cos, sin = cos[:, None].to(self.dtype), sin[:, None].to(self.dtype)  # (R, 1, T, D), broadcast over heads
+        cos, sin = cos[:, :, None].to(self.dtype), sin[:, :, None].to(self.dtype)  # (R, T, 1, D): over heads
+        signed_sin = sin * self.sin_sign
         if width > 1:  # the n_rep query heads of a KV head become n_rep * T query rows; one mask row each
             mask = mask.unsqueeze(2).expand(-1, -1, self.n_rep, -1, -1).reshape(batch, 1, self.n_rep * width, span)
         row_index = torch.arange(batch, device=self.device)
+        heads, rotated = self.heads, self.heads + self.kv_heads
         for index, layer in enumerate(self.inner.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x).to(self.dtype)
-            q, k, v = self.qkv[index](h)
-            q = q.reshape(batch, width, self.heads, self.head_dim).transpose(1, 2)
-            k = k.reshape(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = v.reshape(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            h = self.attn_norms[index](x).to(self.dtype)
+            qkv = self.qkv[index](h).view(batch, width, rotated + self.kv_heads, self.head_dim)  # (R, T, heads, D)
+            qk = qkv[:, :, :rotated]  # queries and keys, rotated together
+            rotate(qk, cos, signed_sin, out=qk)
+            kv = qkv[:, :, heads:].unflatten(2, (2, self.kv_heads))  # (R, T, 2, kv, D): keys and values
             cache = self.cache[index, :, : batch * fanout]
-            if slots is not None:  # (2, B, kv, S, D)[:, b, :, slots[b, t]] = (B, T, kv, D)
-                cache[0, row_index[:, None], :, slots] = k.transpose(1, 2)
-                cache[1, row_index[:, None], :, slots] = v.transpose(1, 2)
-            else:  # one input row's keys go to its ``fanout`` cache rows at once
+            if slots is not None:  # (2, B, kv, S, D)[:, b, :, slots[b, t]] = (B, T, 2, kv, D)
+                cache[:, row_index[:, None], :, slots] = kv
+            else:  # one input row's keys and values go to its ``fanout`` cache rows at once
                 grouped = cache.view(2, batch, fanout, self.kv_heads, -1, self.head_dim)
-                grouped[0, :, :, :, start : start + width] = k[:, None]
-                grouped[1, :, :, :, start : start + width] = v[:, None]
+                grouped[:, :, :, :, start : start + width] = kv.permute(2, 0, 3, 1, 4)[:, :, None]
                 cache = grouped[:, :, 0]
-            q = q.reshape(batch, self.kv_heads, self.n_rep * width, self.head_dim)
+            q = qkv[:, :, :heads].transpose(1, 2).reshape(batch, self.kv_heads, self.n_rep * width, self.head_dim)
             out = F.scaled_dot_product_attention(q, cache[0, :, :, :span], cache[1, :, :, :span], attn_mask=mask,
-                                                 scale=attn.scaling)
-            out = out.reshape(batch, self.heads, width, self.head_dim).transpose(1, 2).reshape(batch, width, -1)
+                                                 scale=layer.self_attn.scaling)
+            out = out.reshape(batch, heads, width, self.head_dim).transpose(1, 2).reshape(batch, width, -1)
             x = x + self.out_proj[index](out)
-            x = x + self.mlp[index](layer.post_attention_layernorm(x).to(self.dtype))
+            x = x + self.mlp[index](self.mlp_norms[index](x).to(self.dtype))
         return x
 
 

@@ -45,10 +45,15 @@ def _joined(modules, dtype: torch.dtype):
 
 
 def _through_modules(modules, dtype: torch.dtype | None):
+    """``x -> cat(module(x) for module in modules)``, the input cast to the modules' dtype, the output to ``dtype``."""
     module_dtype = next(modules[0].parameters()).dtype
-    if dtype in (None, module_dtype):
-        return lambda x: tuple(m(x) for m in modules)
-    return lambda x: tuple(m(x.to(module_dtype)).to(dtype) for m in modules)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x if dtype in (None, module_dtype) else x.to(module_dtype)
+        out = modules[0](x) if len(modules) == 1 else torch.cat([m(x) for m in modules], dim=-1)
+        return out if dtype in (None, module_dtype) else out.to(dtype)
+
+    return run
 
 
 def _packed(modules, rows: int, dtype: torch.dtype):
@@ -61,29 +66,28 @@ def _packed(modules, rows: int, dtype: torch.dtype):
 
 
 def fused_linear(modules: list[nn.Module], rows: int, dtype: torch.dtype | None = None):
-    """A function ``x -> tuple of each module's output`` for modules that read the same input, computing in ``dtype``
-    (None: the weights' dtype); ``x`` must be in ``dtype``.
+    """A function ``x -> cat(module(x) for module in modules, dim=-1)`` for modules that read the same input (the
+    caller splits or views the joined output), computing in ``dtype`` (None: the weights' dtype); ``x`` must be in
+    ``dtype``.
 
     ``rows``: the typical number of input rows (a layout hint for the packing; any number works).
     """
     if not _plain(modules):
         return _through_modules(modules, dtype)
     dtype = dtype or modules[0].weight.dtype
-    sizes = [m.out_features for m in modules]
     packed = _packed(modules, rows, dtype) if _packable(modules) else None
     if packed is not None:
         weight, bias = packed
-        return lambda x: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "").split(sizes, dim=-1)
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     if modules[0].weight.dtype == dtype:  # the module path is always correct
         return _through_modules(modules, dtype)
     weight, bias = _joined(modules, dtype)  # plain layers in another dtype: one rounded copy
-    return lambda x: F.linear(x, weight, bias).split(sizes, dim=-1)
+    return lambda x: F.linear(x, weight, bias)
 
 
 def single_linear(module: nn.Module, rows: int, dtype: torch.dtype | None = None):
     """``x -> module(x)``, prepacked when possible."""
-    run = fused_linear([module], rows, dtype)
-    return lambda x: run(x)[0]
+    return fused_linear([module], rows, dtype)
 
 
 def mlp_function(mlp: nn.Module, rows: int, dtype: torch.dtype | None = None):
@@ -91,12 +95,11 @@ def mlp_function(mlp: nn.Module, rows: int, dtype: torch.dtype | None = None):
     are not plain linear layers."""
     parts = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
     if not hasattr(mlp, "act_fn") or not _plain(parts):
-        through = _through_modules([mlp], dtype)
-        return lambda x: through(x)[0]
+        return _through_modules([mlp], dtype)
     gate_up, down = fused_linear(parts[:2], rows, dtype), single_linear(parts[2], rows, dtype)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        gate, up = gate_up(x)
+        gate, up = gate_up(x).chunk(2, dim=-1)
         return down(mlp.act_fn(gate) * up)
 
     return run
