@@ -121,8 +121,10 @@ class LlamaDecoder:
         self.final_norm = norm_function(self.inner.norm)
         half = self.head_dim // 2
         self.sin_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.device, self.dtype)
-        head = single_linear(lm.lm_head, max_rows, self.dtype)
-        self.head = lambda x: head(x.to(self.dtype)).float()
+        head, dtype = single_linear(lm.lm_head, max_rows, self.dtype), self.dtype
+        # no ``self`` in the closure: a reference cycle would keep the packed weights alive until the garbage collector
+        # runs, so the next call's copy could not reuse their memory
+        self.head = lambda x: head(x.to(dtype)).float()
 
     def prefill(self, prompts: list[list[int]], group_size: int) -> torch.Tensor:
         self.rows = len(prompts) * group_size

@@ -53,3 +53,22 @@ def test_mlp_function_is_the_llama_mlp():
     x = torch.randn(3, 16)
     with torch.no_grad():
         assert torch.allclose(mlp_function(mlp, 3)(x), mlp(x), atol=1e-6)
+
+
+def test_a_decoder_is_freed_without_the_garbage_collector():
+    """Its packed weights are about the model's size: a reference cycle would keep them alive past the ``sample``
+    call, so the next call could not reuse their memory (fresh pages cost page faults: docs/benchmarks.md)."""
+    import gc
+    import weakref
+
+    from posttrain.models import build_tiny_model
+    from posttrain.rollout.decoders import LlamaDecoder
+
+    model = build_tiny_model(seed=0).eval()
+    gc.disable()
+    try:
+        for dtype in (None, torch.bfloat16):
+            decoder = weakref.ref(LlamaDecoder(model, 4, 16, dtype))
+            assert decoder() is None
+    finally:
+        gc.enable()
