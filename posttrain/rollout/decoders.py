@@ -54,9 +54,10 @@ def supports_llama_path(model) -> bool:
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, out: torch.Tensor | None = None):
     """RoPE as Hugging Face's Llama applies it, ``x cos + rotate_half(x) sin`` with ``rotate_half(x) = (-x2, x1)``,
-    in four kernels instead of eight: ``(x2, x1)`` is the two halves flipped, and the minus sign lives in
-    ``signed_sin = (-s1, s2)``. The same products and sums, so the same floats (``addcmul`` would fuse them into
-    one rounding and no longer match the model's own forward). ``out=x`` rotates in place."""
+    in four kernels instead of five (the decoder rotates queries and keys in one call, so ten became four):
+    ``(x2, x1)`` is the two halves flipped, and the minus sign lives in ``signed_sin = (-s1, s2)``. The same
+    products and sums, so the same floats (``addcmul`` would fuse them into one rounding and no longer match the
+    model's own forward). ``out=x`` rotates in place."""
     flipped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)  # a copy, so writing ``out`` cannot change it
     return torch.add(x * cos, flipped * signed_sin, out=out)
 
