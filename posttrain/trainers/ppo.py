@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from posttrain.checkpoint import load_model_weights
+from posttrain.engine.checkpoint import load_model_weights
 from posttrain.config import config_to_dict
 from posttrain.data.preference import collate_sequences
 from posttrain.engine import Engine, LossOutput

@@ -26,12 +26,12 @@ from typing import Callable, Literal, Protocol
 
 import torch
 
-from posttrain.checkpoint import list_checkpoints, load_checkpoint, load_model_weights, save_checkpoint
+from posttrain.engine.checkpoint import list_checkpoints, load_checkpoint, load_model_weights, save_checkpoint
 from posttrain.data.batching import collate, count_real_tokens, split_micro_batches, step_batches
 from posttrain.data.tokenize import Example
 from posttrain.errors import ConfigError, PosttrainError, require
 from posttrain.io import atomic_write_text
-from posttrain.step_in_backward import StepInBackward
+from posttrain.engine.step_in_backward import StepInBackward
 
 log = logging.getLogger(__name__)
 
