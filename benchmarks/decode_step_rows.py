@@ -20,7 +20,7 @@ import torch
 
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.rollout.decoders import make_decoder
-from posttrain.rollout.sampling import chat_prompts
+from posttrain.rollout.prompts import chat_prompts
 
 
 def main() -> None:

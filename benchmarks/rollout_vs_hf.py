@@ -96,7 +96,7 @@ def main() -> None:
 
     import torch
 
-    from posttrain.generation import chat_prompt_ids
+    from posttrain.rollout.prompts import chat_prompt_ids
     from posttrain.models import load_model
 
     model, tokenizer = load_model("smollm2-135m-instruct", "float32", "cpu")

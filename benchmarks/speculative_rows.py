@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from rollout_vs_hf import arithmetic_questions  # noqa: E402
 
-from posttrain.generation import chat_prompt_ids  # noqa: E402
+from posttrain.rollout.prompts import chat_prompt_ids  # noqa: E402
 from posttrain.models import load_model  # noqa: E402
 from posttrain.rollout import SamplingParams, sample  # noqa: E402
 

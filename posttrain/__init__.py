@@ -1,6 +1,6 @@
 """posttrain: post-training for language models (SFT, preference optimization, RL), readable and measured."""
 
-__version__ = "0.1.0"
+from posttrain.version import __version__  # noqa: F401  (re-exported: the version lives in posttrain/version.py)
 
 
 def __getattr__(name):  # keep `import posttrain` light: torch and transformers load on first use
@@ -13,7 +13,7 @@ def __getattr__(name):  # keep `import posttrain` light: torch and transformers 
 
         return getattr(models, name)
     if name == "generate":
-        from posttrain.generation import generate
+        from posttrain.rollout.generate import generate
 
         return generate
     raise AttributeError(f"module 'posttrain' has no attribute {name!r}")

@@ -4,22 +4,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posttrain.config import apply_overrides, build_config, read_config_file
+from posttrain.config import apply_overrides, build_config, describe_config, read_config_file
 from posttrain.errors import ConfigError
 
 
 def build_method_config(config: str | Path | dict, overrides: list[str] | None = None):
     """A config file path or dict (+ overrides) -> ``(train_function, typed config)``, dispatched on ``method``."""
-    from posttrain.trainers import METHODS
+    source, data = _read(config, overrides)
+    config_class, train_function = _method(data.get("method", "sft"), source)
+    return train_function, build_config(config_class, data, source=source)
 
+
+def describe_method(config: str | Path | dict | None = None, overrides: list[str] | None = None,
+                    method: str | None = None) -> str:
+    """Every key of a method's config: type, default, help, and the value ``config`` (+ overrides) sets where it
+    differs from the default (``posttrain train CONFIG --help``). The method is ``method``, else the config's."""
+    source, data = _read(config, overrides) if config is not None else ("config", None)
+    config_class, _ = _method(method or (data or {}).get("method", "sft"), "method" if method else source)
+    return describe_config(config_class, data, source=source)
+
+
+def _read(config: str | Path | dict, overrides: list[str] | None) -> tuple[str, dict]:
     source = "config" if isinstance(config, dict) else str(config)
     data = dict(config) if isinstance(config, dict) else read_config_file(config)
-    data = apply_overrides(data, overrides or [], source=f"{source} (overrides)")
-    method = data.get("method", "sft")
+    return source, apply_overrides(data, overrides or [], source=f"{source} (overrides)")
+
+
+def _method(method: str, source: str):
+    """``(config class, train function)`` of ``method``."""
+    from posttrain.trainers import METHODS
+
     if method not in METHODS:
         raise ConfigError(f"{source}: unknown method {method!r}; available: {', '.join(METHODS)}")
-    config_class, train_function = METHODS[method]
-    return train_function, build_config(config_class, data, source=source)
+    return METHODS[method]
 
 
 def train(config: str | Path | dict, overrides: list[str] | None = None, callbacks=None) -> dict:

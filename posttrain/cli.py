@@ -1,4 +1,8 @@
-"""``posttrain <command>``: a thin shell over the Python API (every command is one call away in a notebook)."""
+"""``posttrain <command>``: a thin shell over the Python API (every command is one call away in a notebook).
+
+Each command is two functions, ``_<command>_parser`` (its arguments) and ``_<command>`` (the call it makes);
+``COMMANDS`` lists them in the order ``posttrain --help`` shows them.
+"""
 
 from __future__ import annotations
 
@@ -11,54 +15,176 @@ from posttrain.errors import PosttrainError
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.command_function(args)
+    except PosttrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posttrain", description="Post-training for language models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser, run in COMMANDS.values():
+        add_parser(commands).set_defaults(command_function=run)
+    return parser
 
-    train = commands.add_parser("train", help="train from a config file", description=(
+
+# ------------------------------------------------------------------------------------------------------ train
+def _train_parser(commands) -> argparse.ArgumentParser:
+    train = commands.add_parser("train", help="train from a config file", add_help=False, description=(
         "Train with a YAML/JSON config. Overrides are key=value; dotted keys reach into sections, e.g. "
-        "`posttrain train configs/sft_lora.yaml max_steps=20 lora.r=8 output_dir=runs/x`."))
-    train.add_argument("config", help="a .yaml, .yml or .json config file (its `method` key picks the trainer)")
+        "`posttrain train configs/sft_lora.yaml max_steps=20 lora.r=8 output_dir=runs/x`. "
+        "`posttrain train CONFIG --help` lists every key of its method: type, default, the value CONFIG sets, help."))
+    train.add_argument("-h", "--help", action="store_true",
+                       help="show this help and the methods; with CONFIG or --method, every key of that method")
+    train.add_argument("--method", default=None, metavar="NAME",
+                       help="with --help: the method whose keys to list (default: CONFIG's `method`)")
+    train.add_argument("config", nargs="?", help="a .yaml, .yml or .json config file (its `method` key picks the "
+                       "trainer)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.set_defaults(train_parser=train)
+    return train
 
+
+def _train(args) -> int:
+    if args.help:
+        print(_train_help(args), end="")
+        return 0
+    if args.config is None:
+        args.train_parser.error("the following arguments are required: config")
+    if args.method is not None:
+        args.train_parser.error("--method goes with --help; to train another method, override it: method=NAME")
+    from posttrain.api import train
+
+    evaluation = train(args.config, overrides=args.overrides)
+    print(json.dumps(evaluation, indent=2))
+    return 0
+
+
+def _train_help(args) -> str:
+    from posttrain.api import describe_method
+
+    if args.config is None and args.method is None:
+        from posttrain.trainers import METHODS
+
+        methods = "".join(f"  {name:<10} {config_class.__name__}\n" for name, (config_class, _) in METHODS.items())
+        return (f"{args.train_parser.format_help()}\nmethods (`posttrain train --method NAME --help` lists the keys "
+                f"of one):\n{methods}")
+    return describe_method(args.config, args.overrides, args.method)
+
+
+# ------------------------------------------------------------------------------------------------- generate
+def _generate_parser(commands) -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="generate a reply to a prompt (chat template applied, streamed)",
                                    description="Generate a reply from a model spec or a trained folder.")
-    generate.add_argument("--model", default="smollm2-135m-instruct", help="built-in name, HF folder (e.g. runs/x/final) or hub id")
+    generate.add_argument("--model", default="smollm2-135m-instruct",
+                          help="built-in name, HF folder (e.g. runs/x/final) or hub id")
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--system", default=None, help="optional system message")
     generate.add_argument("--max-new-tokens", type=int, default=256)
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     generate.add_argument("--device", default="auto")
+    return generate
 
+
+def _generate(args) -> int:
+    from posttrain.models import load_model
+    from posttrain.rollout.generate import stream_one
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    stream_one(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.system)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+def _pipeline_parser(commands) -> argparse.ArgumentParser:
     pipeline = commands.add_parser("pipeline", help="run training stages in order (e.g. SFT -> reward model -> PPO)",
                                    description="Run the stages of a pipeline file in order, each reading the folders "
                                    "of the stages before it; complete stages are skipped, so running it again after "
                                    "an interruption goes on where it stopped. See configs/rlhf.yaml.")
     pipeline.add_argument("config", help="a pipeline .yaml/.json file (output_dir + stages)")
     pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the pipeline file")
+    return pipeline
 
-    commands.add_parser("models", help="list the built-in model specs and where they come from",
-                        description="List the built-in model specs and where they come from.")
 
+def _pipeline(args) -> int:
+    from posttrain.pipeline import run_pipeline
+
+    results = run_pipeline(args.config, args.overrides)
+    print(json.dumps({name: result.get("metrics", result) for name, result in results.items()}, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- models
+def _models_parser(commands) -> argparse.ArgumentParser:
+    return commands.add_parser("models", help="list the built-in model specs and where they come from",
+                               description="List the built-in model specs and where they come from.")
+
+
+def _models(args) -> int:
+    from posttrain.models.specs import BUILTIN_SPECS, embedded_cache_dir
+
+    for spec in BUILTIN_SPECS.values():
+        print(f"{spec.name}\n  {spec.description}\n  source: {spec.source}")
+    cached = (embedded_cache_dir() / "model.safetensors").is_file()
+    print(f"\nembedded model cache: {embedded_cache_dir()} ({'ready' if cached else 'not converted yet'})")
+    print("Any other spec is tried as a local Hugging Face model folder (full model or LoRA adapter), then as a "
+          "hub id (needs the hub or its local cache).")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- demo
+def _demo_parser(commands) -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="short SFT of the embedded model with a measured before/after",
                                description="Fine-tune the embedded model on the shipped arithmetic data for a few "
                                "minutes and measure held-out accuracy and perplexity before and after.")
     demo.add_argument("--config", default="configs/sft.yaml")
     demo.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts for the generation check")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return demo
 
-    from posttrain.gym import ALGORITHMS as GYM_ALGORITHMS  # light: gymnasium and torch load only when one runs
 
-    gym = commands.add_parser("gym", help="RL foundations on CartPole: random play to PPO and GRPO (needs the gym extra)",
-                              description="Train one algorithm of the Gymnasium learning path on CartPole-v1, headless: "
-                              "prints progress, evaluates greedily over 20 episodes, writes log_history.jsonl, "
-                              "evaluation.json and returns.png. See docs/gym.md.")
-    gym.add_argument("algorithm", choices=list(GYM_ALGORITHMS), help="the step of the learning path to run")
+def _demo(args) -> int:
+    from posttrain.demo import run_demo
+
+    run_demo(args.config, args.overrides, args.eval_prompts)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ gym
+def _gym_parser(commands) -> argparse.ArgumentParser:
+    from posttrain.gym import ALGORITHMS  # light: gymnasium and torch load only when one runs
+
+    gym = commands.add_parser("gym",
+                              help="RL foundations on CartPole: random play to PPO and GRPO (needs the gym extra)",
+                              description="Train one algorithm of the Gymnasium learning path on CartPole-v1, "
+                              "headless: prints progress, evaluates greedily over 20 episodes, writes "
+                              "log_history.jsonl, evaluation.json and returns.png. See docs/gym.md.")
+    gym.add_argument("algorithm", choices=list(ALGORITHMS), help="the step of the learning path to run")
     gym.add_argument("--seed", type=int, default=None, help="seed for torch, numpy and the environments (default 0)")
     gym.add_argument("--episodes", type=int, default=None, help="training budget in episodes (default per algorithm)")
     gym.add_argument("--render", default=None, metavar="FILE.gif", help="record one greedy episode as an animated GIF")
     gym.add_argument("--quick", action="store_true", help="a small budget that runs in seconds (what the tests use)")
     gym.add_argument("--output-dir", default=None, help="where the run's files go (default runs/gym/<algorithm>)")
+    return gym
 
+
+def _gym(args) -> int:
+    from posttrain.gym import run
+
+    run(args.algorithm, quick=args.quick, seed=args.seed, episodes=args.episodes, render=args.render,
+        output_dir=args.output_dir)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- eval
+def _evaluate_parser(commands) -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a model on a metric suite -> evaluation.json",
                                    description="Run a metric suite (perplexity, verbosity, task accuracy, reward, KL, "
                                    "win rate, preference accuracy, reward-hacking probes) on a model and write "
@@ -72,7 +198,28 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--dtype", default="auto")
     evaluate.add_argument("--batch-size", type=int, default=32, help="completions generated together (default 32)")
+    return evaluate
 
+
+def _evaluate(args) -> int:
+    """``posttrain eval``: exit 1 when a metric failed as a whole (its error is in evaluation.json)."""
+    from pathlib import Path
+
+    from posttrain.errors import ConfigError
+    from posttrain.eval import evaluate
+    from posttrain.eval.harness import summary_table
+
+    if args.out is None and not Path(args.model).is_dir():
+        raise ConfigError(f"--out is required when the model is not a folder ({args.model!r}), e.g. "
+                          "--out baseline.json")
+    result = evaluate(args.model, args.suite, args.seed, args.out, args.device, args.dtype, args.batch_size)
+    print(summary_table(result))
+    print(f"\nwrote {args.out or Path(args.model) / 'evaluation.json'} ({result['time_s']:.0f} s)")
+    return 1 if result["failed_metrics"] else 0
+
+
+# -------------------------------------------------------------------------------------------------- compare
+def _compare_parser(commands) -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="evaluations side by side; --fail-on-regression for CI",
                                   description="Print evaluation files (or run folders holding one) side by side, "
                                   "marking changes larger than the noise; with --fail-on-regression exit 1 when a "
@@ -92,94 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                          "METRIC=X for one metric")
     compare.add_argument("--sigmas", type=float, default=2.0,
                          help="a change is beyond noise above this many standard errors of the difference (default 2)")
-
-    plot = commands.add_parser("plot", help="PNG curves (loss, reward, KL, accuracy...) of a run's log",
-                               description="Plot a run's log_history.jsonl against step into RUN/plots/*.png "
-                               "(needs matplotlib: pip install 'posttrain[plot]').")
-    plot.add_argument("run", help="a run folder holding log_history.jsonl")
-    plot.add_argument("--out", default=None, help="folder for the PNGs (default RUN/plots)")
-
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(args)
-    except PosttrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
-
-
-def _run(args) -> int:
-    if args.command == "train":
-        from posttrain.api import train
-
-        evaluation = train(args.config, overrides=args.overrides)
-        print(json.dumps(evaluation, indent=2))
-        return 0
-    if args.command == "generate":
-        from posttrain.generation import stream_one
-        from posttrain.models import load_model
-
-        model, tokenizer = load_model(args.model, device=args.device)
-        stream_one(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.system)
-        return 0
-    if args.command == "models":
-        from posttrain.models.specs import BUILTIN_SPECS, embedded_cache_dir
-
-        for spec in BUILTIN_SPECS.values():
-            print(f"{spec.name}\n  {spec.description}\n  source: {spec.source}")
-        cached = (embedded_cache_dir() / "model.safetensors").is_file()
-        print(f"\nembedded model cache: {embedded_cache_dir()} ({'ready' if cached else 'not converted yet'})")
-        print("Any other spec is tried as a local Hugging Face model folder (full model or LoRA adapter), then as a "
-              "hub id (needs the hub or its local cache).")
-        return 0
-    if args.command == "demo":
-        from posttrain.demo import run_demo
-
-        run_demo(args.config, args.overrides, args.eval_prompts)
-        return 0
-    if args.command == "gym":
-        from posttrain.gym import run
-
-        run(args.algorithm, quick=args.quick, seed=args.seed, episodes=args.episodes, render=args.render,
-            output_dir=args.output_dir)
-        return 0
-    if args.command == "eval":
-        return _evaluate(args)
-    if args.command == "compare":
-        return _compare(args)
-    if args.command == "plot":
-        from posttrain.eval.plot import plot_run
-
-        for path in plot_run(args.run, args.out):
-            print(path)
-        return 0
-    if args.command == "pipeline":
-        from posttrain.pipeline import run_pipeline
-
-        results = run_pipeline(args.config, args.overrides)
-        print(json.dumps({name: result.get("metrics", result) for name, result in results.items()}, indent=2))
-        return 0
-    raise AssertionError(args.command)
-
-
-def _evaluate(args) -> int:
-    """``posttrain eval``: exit 1 when a metric failed as a whole (its error is in evaluation.json)."""
-    from pathlib import Path
-
-    from posttrain.errors import ConfigError
-    from posttrain.eval import evaluate
-    from posttrain.eval.harness import summary_table
-
-    if args.out is None and not Path(args.model).is_dir():
-        raise ConfigError(f"--out is required when the model is not a folder ({args.model!r}), e.g. "
-                          "--out baseline.json")
-    result = evaluate(args.model, args.suite, args.seed, args.out, args.device, args.dtype, args.batch_size)
-    print(summary_table(result))
-    print(f"\nwrote {args.out or Path(args.model) / 'evaluation.json'} ({result['time_s']:.0f} s)")
-    return 1 if result["failed_metrics"] else 0
+    return compare
 
 
 def _compare(args) -> int:
@@ -216,6 +276,39 @@ def _compare(args) -> int:
         print(f"regression: {line}", file=sys.stderr)
     # a CI gate fails on what it could not check as well as on what got worse
     return 1 if args.fail_on_regression and (regressions or missing or incomplete) else 0
+
+
+
+# ------------------------------------------------------------------------------------------------------ plot
+def _plot_parser(commands) -> argparse.ArgumentParser:
+    plot = commands.add_parser("plot", help="PNG curves (loss, reward, KL, accuracy...) of a run's log",
+                               description="Plot a run's log_history.jsonl against step into RUN/plots/*.png "
+                               "(needs matplotlib: pip install 'posttrain[plot]').")
+    plot.add_argument("run", help="a run folder holding log_history.jsonl")
+    plot.add_argument("--out", default=None, help="folder for the PNGs (default RUN/plots)")
+    return plot
+
+
+def _plot(args) -> int:
+    from posttrain.eval.plot import plot_run
+
+    for path in plot_run(args.run, args.out):
+        print(path)
+    return 0
+
+
+# command -> (add its parser, run it), in the order `posttrain --help` lists them
+COMMANDS = {
+    "train": (_train_parser, _train),
+    "generate": (_generate_parser, _generate),
+    "pipeline": (_pipeline_parser, _pipeline),
+    "models": (_models_parser, _models),
+    "demo": (_demo_parser, _demo),
+    "gym": (_gym_parser, _gym),
+    "eval": (_evaluate_parser, _evaluate),
+    "compare": (_compare_parser, _compare),
+    "plot": (_plot_parser, _plot),
+}
 
 
 if __name__ == "__main__":

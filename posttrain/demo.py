@@ -17,9 +17,9 @@ from pathlib import Path
 from posttrain.api import build_method_config
 from posttrain.data.sources import load_rows
 from posttrain.data.synthetic import parse_answer
-from posttrain.generation import generate
-from posttrain.models import load_model
 from posttrain.io import atomic_write_text
+from posttrain.models import load_model
+from posttrain.rollout.generate import generate
 
 
 def answer_metrics(model, tokenizer, rows: list[dict], max_new_tokens: int = 40) -> dict:

@@ -1,6 +1,14 @@
 """Data: sources, formats and column remapping, tokenization with loss masks, batching and packing."""
 
-from posttrain.data.batching import collate, count_real_tokens, pack_examples, split_micro_batches, step_batches
+from posttrain.data.batching import (
+    collate,
+    collate_sequences,
+    count_real_tokens,
+    pack_examples,
+    split_micro_batches,
+    step_batches,
+)
+from posttrain.data.examples import load_examples
 from posttrain.data.formats import FORMAT_COLUMNS, DataConfig, normalize_rows
 from posttrain.data.sources import Row, load_rows, parse_split
 from posttrain.data.tokenize import Example, TruncationStats, encode_messages, encode_prompt_completion, tokenize_sft
@@ -12,9 +20,11 @@ __all__ = [
     "Row",
     "TruncationStats",
     "collate",
+    "collate_sequences",
     "count_real_tokens",
     "encode_messages",
     "encode_prompt_completion",
+    "load_examples",
     "load_rows",
     "normalize_rows",
     "pack_examples",

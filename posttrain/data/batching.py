@@ -98,3 +98,28 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
 def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Non-pad tokens in a batch (for tokens/s)."""
     return int(batch["attention_mask"].sum())
+
+
+def collate_sequences(sequences: list[tuple[list[int], list[int]]], pad_token_id: int,
+                      ref_logps: list[list[float] | None] | None = None) -> dict[str, torch.Tensor]:
+    """(prompt_ids, completion_ids) rows -> right-padded input_ids, attention_mask and a completion loss_mask.
+    With ``ref_logps`` (one list of per-completion-token values per row), also ``ref_token_logps`` ``(N, T-1)``
+    aligned with the shifted targets."""
+    width = max(len(p) + len(c) for p, c in sequences)
+    n = len(sequences)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    loss_mask = torch.zeros((n, width), dtype=torch.long)
+    for row, (prompt, completion) in enumerate(sequences):
+        length = len(prompt) + len(completion)
+        input_ids[row, :length] = torch.tensor(prompt + completion)
+        attention_mask[row, :length] = 1
+        loss_mask[row, len(prompt):length] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+    if ref_logps is not None and all(r is not None for r in ref_logps):
+        ref = torch.zeros((n, width - 1), dtype=torch.float32)
+        for row, (prompt, completion) in enumerate(sequences):
+            # target position t predicts token t + 1, so completion token j sits at column len(prompt) - 1 + j
+            ref[row, len(prompt) - 1 : len(prompt) - 1 + len(completion)] = torch.tensor(ref_logps[row])
+        batch["ref_token_logps"] = ref
+    return batch

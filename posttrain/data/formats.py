@@ -13,9 +13,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from posttrain.config import option
 from posttrain.data.sources import Row
 from posttrain.errors import DataError
 
@@ -31,25 +32,32 @@ CANONICAL_COLUMNS = ("text", "prompt", "completion", "messages", "chosen", "reje
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # file (.jsonl/.json/.csv/.parquet), load_from_disk folder, or hub id
-    split: str | None = None  # e.g. train, train[:1000], train[10%:]; for files only the slice applies
-    eval_path: str | None = None  # defaults to `path` when only eval_split is given
-    eval_split: str | None = None
-    format: Literal["auto", "text", "prompt_completion", "messages", "preference", "unpaired"] = "auto"
-    # Column remapping: the name of the column in your data that holds each canonical field.
-    text_column: str = "text"
-    prompt_column: str = "prompt"
-    completion_column: str = "completion"
-    messages_column: str = "messages"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    label_column: str = "label"
-    max_length: int = field(default=1024, metadata={"min": 2})
-    max_prompt_length: int | None = field(default=None, metadata={"min": 1})  # longer prompts keep their last tokens
-    max_completion_length: int | None = field(default=None, metadata={"min": 1})  # preference/unpaired completions
-    apply_chat_template: bool | None = None  # None: when the tokenizer has a template and the data has a prompt
-    completion_only_loss: bool = True  # prompt tokens carry no loss
-    packing: bool = False  # concatenate examples into max_length rows (attention stays within each example)
+    path: str | None = option(None, help="the training data: a .jsonl/.json/.csv/.parquet file, a load_from_disk "
+                                         "folder, or a hub id")
+    split: str | None = option(None, help="split and slice, e.g. train, train[:1000], train[10%:]; for files only the "
+                                          "slice applies")
+    eval_path: str | None = option(None, help="the evaluation data, as path; None: path when eval_split is given, else "
+                                              "no eval set")
+    eval_split: str | None = option(None, help="split and slice of the evaluation data, e.g. test or train[-200:]")
+    format: Literal["auto", "text", "prompt_completion", "messages", "preference", "unpaired"] = option(
+        "auto", help="the rows' format; auto: detected from the columns present")
+    text_column: str = option("text", help="the column of your data holding the text (format text)")
+    prompt_column: str = option("prompt", help="the column holding the prompt")
+    completion_column: str = option("completion", help="the column holding the completion")
+    messages_column: str = option("messages", help="the column holding the chat messages (format messages)")
+    chosen_column: str = option("chosen", help="the column holding the preferred completion (format preference)")
+    rejected_column: str = option("rejected", help="the column holding the rejected completion (format preference)")
+    label_column: str = option("label", help="the column holding the desirable/undesirable label (format unpaired)")
+    max_length: int = option(1024, min=2, help="longest tokenized example (prompt + completion), in tokens")
+    max_prompt_length: int | None = option(None, min=1, help="longest prompt in tokens; longer prompts keep their last "
+                                                             "tokens; None: only max_length limits")
+    max_completion_length: int | None = option(None, min=1, help="longest preference/unpaired completion in tokens; "
+                                                                 "None: only max_length limits")
+    apply_chat_template: bool | None = option(None, help="wrap prompts in the tokenizer's chat template; None: when "
+                                                         "the tokenizer has a template and the data has a prompt")
+    completion_only_loss: bool = option(True, help="prompt tokens carry no loss")
+    packing: bool = option(False, help="concatenate examples into max_length rows (attention stays within each "
+                                       "example)")
 
     def column_map(self) -> dict[str, str]:
         """canonical name -> column name in the data"""

@@ -6,6 +6,8 @@ the same prompt. Padded rows run the prompt once per completion; here it runs on
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 # Longest segment ``with_shared_prompts`` builds (unless a padded row is longer): up to ~1k positions, the attention
@@ -43,64 +45,94 @@ def pack_shared_prompts(segments: list[tuple[list[int], list[tuple[list[int], in
     ``completion_position`` (a completion token's index within its completion) and ``num_sequences``. A padding
     position attends only to itself and is never a target; a sequence's first token is never a target.
     """
-    def length(segment):
-        return segment_length(*segment)
+    rows, width = first_fit_rows([segment_length(*segment) for segment in segments])
+    layout = _Layout.empty(len(rows), width, pad_token_id, len(segments))
+    for r, row in enumerate(rows):
+        start = 0
+        for k in row:
+            start = layout.write_segment(r, start, k, *segments[k])
+        layout.position_ids[r, start:] = torch.arange(width - start)
+    return layout.batch(num_sequences)
 
-    order = sorted(range(len(segments)), key=lambda k: -length(segments[k]))
-    width = length(segments[order[0]])
+
+def first_fit_rows(lengths: list[int]) -> tuple[list[list[int]], int]:
+    """Segments (by their ``lengths``) into rows, first-fit by decreasing length: ``(rows, width)``, each row the
+    indices of its segments, every row as wide as the longest segment."""
+    order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
+    width = lengths[order[0]]
     rows: list[list[int]] = []
     room: list[int] = []
     for k in order:
-        fit = next((r for r, free in enumerate(room) if length(segments[k]) <= free), None)
+        fit = next((r for r, free in enumerate(room) if lengths[k] <= free), None)
         if fit is None:
             rows.append([])
             room.append(width)
             fit = len(rows) - 1
         rows[fit].append(k)
-        room[fit] -= length(segments[k])
-    shape = (len(rows), width)
-    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
-    loss_mask = torch.zeros(shape, dtype=torch.long)
-    position_ids = torch.zeros(shape, dtype=torch.long)
-    sequence_index = torch.zeros(shape, dtype=torch.long)
-    completion_position = torch.zeros(shape, dtype=torch.long)
-    # who may attend to whom: same segment, not later, and a branch token sees the prefix and its own branch only
-    segment_id = torch.arange(width).repeat(len(rows), 1) + len(segments)  # padding: a segment of its own
-    branch = torch.zeros(shape, dtype=torch.long)  # 0 prefix, b the b-th branch
-    for r, row in enumerate(rows):
-        start = 0
-        for k in row:
-            prompt, branches = segments[k]
-            prefix = prompt[:-1]
-            head = prompt[-1:]  # empty for an empty prompt: then a completion's first token is no target
-            end = start + len(prefix)
-            input_ids[r, start:end] = torch.tensor(prefix, dtype=torch.long)
-            position_ids[r, start:end] = torch.arange(len(prefix))
-            sequence_index[r, start:end] = branches[0][1]
-            for which, (completion, index) in enumerate(branches, start=1):
-                tokens = head + completion
-                lo, hi = end, end + len(tokens)
-                input_ids[r, lo:hi] = torch.tensor(tokens, dtype=torch.long)
-                position_ids[r, lo:hi] = torch.arange(len(prefix), len(prefix) + len(tokens))
-                # without a prompt, a completion's first token has no predictor
-                loss_mask[r, hi - len(completion) + (0 if head else 1) : hi] = 1
-                completion_position[r, hi - len(completion) : hi] = torch.arange(len(completion))
-                sequence_index[r, lo:hi] = index
-                branch[r, lo:hi] = which
-                end = hi
-            segment_id[r, start:end] = k
-            attention_mask[r, start:end] = 1
-            start = end
-        position_ids[r, start:] = torch.arange(width - start)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same_segment = segment_id[:, :, None] == segment_id[:, None, :]
-    visible_branch = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
-            "position_ids": position_ids, "sequence_index": sequence_index,
-            "completion_position": completion_position,
-            "attention_mask_4d": (same_segment & visible_branch & causal)[:, None],
-            "num_sequences": torch.tensor(num_sequences)}
+        room[fit] -= lengths[k]
+    return rows, width
+
+
+@dataclass
+class _Layout:
+    """The tensors of ``pack_shared_prompts``, ``(R, T)``, filled segment by segment."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    position_ids: torch.Tensor
+    sequence_index: torch.Tensor
+    completion_position: torch.Tensor
+    segment_id: torch.Tensor  # who may attend to whom: the same segment only (a padding position is its own segment)
+    branch: torch.Tensor  # 0 on a prefix, b on the b-th branch: a branch token sees the prefix and its own branch
+
+    @classmethod
+    def empty(cls, num_rows: int, width: int, pad_token_id: int, num_segments: int) -> "_Layout":
+        shape = (num_rows, width)
+        return cls(input_ids=torch.full(shape, pad_token_id, dtype=torch.long),
+                   attention_mask=torch.zeros(shape, dtype=torch.long),
+                   loss_mask=torch.zeros(shape, dtype=torch.long),
+                   position_ids=torch.zeros(shape, dtype=torch.long),
+                   sequence_index=torch.zeros(shape, dtype=torch.long),
+                   completion_position=torch.zeros(shape, dtype=torch.long),
+                   segment_id=torch.arange(width).repeat(num_rows, 1) + num_segments,
+                   branch=torch.zeros(shape, dtype=torch.long))
+
+    def write_segment(self, r: int, start: int, k: int, prompt: list[int],
+                      branches: list[tuple[list[int], int]]) -> int:
+        """Segment ``k`` (``prompt``, its ``branches``) into row ``r`` from column ``start``; returns its end."""
+        prefix = prompt[:-1]
+        head = prompt[-1:]  # empty for an empty prompt: then a completion's first token is no target
+        end = start + len(prefix)
+        self.input_ids[r, start:end] = torch.tensor(prefix, dtype=torch.long)
+        self.position_ids[r, start:end] = torch.arange(len(prefix))
+        self.sequence_index[r, start:end] = branches[0][1]
+        for which, (completion, index) in enumerate(branches, start=1):
+            tokens = head + completion
+            lo, hi = end, end + len(tokens)
+            self.input_ids[r, lo:hi] = torch.tensor(tokens, dtype=torch.long)
+            self.position_ids[r, lo:hi] = torch.arange(len(prefix), len(prefix) + len(tokens))
+            # without a prompt, a completion's first token has no predictor
+            self.loss_mask[r, hi - len(completion) + (0 if head else 1) : hi] = 1
+            self.completion_position[r, hi - len(completion) : hi] = torch.arange(len(completion))
+            self.sequence_index[r, lo:hi] = index
+            self.branch[r, lo:hi] = which
+            end = hi
+        self.segment_id[r, start:end] = k
+        self.attention_mask[r, start:end] = 1
+        return end
+
+    def batch(self, num_sequences: int) -> dict[str, torch.Tensor]:
+        """The packed batch, with its 4D mask: same segment, not later, and a branch sees the prefix and itself."""
+        width = self.input_ids.shape[1]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        same_segment = self.segment_id[:, :, None] == self.segment_id[:, None, :]
+        visible_branch = (self.branch[:, None, :] == 0) | (self.branch[:, None, :] == self.branch[:, :, None])
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "loss_mask": self.loss_mask,
+                "position_ids": self.position_ids, "sequence_index": self.sequence_index,
+                "completion_position": self.completion_position,
+                "attention_mask_4d": (same_segment & visible_branch & causal)[:, None],
+                "num_sequences": torch.tensor(num_sequences)}
 
 
 def with_shared_prompts(batch: dict[str, torch.Tensor], prompt_index: torch.Tensor,

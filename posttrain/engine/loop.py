@@ -1,14 +1,9 @@
-"""THE training loop, shared by every method.
+"""THE training loop, shared by every method (the contract it runs a method by: ``posttrain.engine.method``).
 
-A method gives the engine two functions:
-
-    count(batch) -> int                     the items its loss averages over (loss tokens for SFT, pairs for DPO)
-    loss(model, batch) -> LossOutput        the loss *summed* over those items, and metric sums
-
-and the engine divides by the item count of the whole optimizer step, so gradient accumulation and batch splitting
-do not change the loss. Around that it does: AdamW, the LR schedule, mixed precision, clipping, a non-finite guard,
-logging (log_history.jsonl, progress bar, TensorBoard), periodic evaluation with early stopping, and atomic
-checkpoints that resume exactly (same weights, same logged losses as an uninterrupted run).
+Around the method's summed loss, divided by the item count of the whole optimizer step (so gradient accumulation
+and batch splitting do not change it), the engine does: AdamW, the LR schedule, mixed precision, clipping, a
+non-finite guard, logging (log_history.jsonl, progress bar, TensorBoard), periodic evaluation with early stopping,
+and atomic checkpoints that resume exactly (same weights, same logged losses as an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -20,83 +15,97 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Callable, Literal
 
 import torch
 
-from posttrain.engine.checkpoint import list_checkpoints, load_checkpoint, load_model_weights, save_checkpoint
-from posttrain.data.batching import collate, count_real_tokens, split_micro_batches, step_batches
+from posttrain.config import option
+from posttrain.data.batching import count_real_tokens, split_micro_batches, step_batches
 from posttrain.data.tokenize import Example
-from posttrain.errors import ConfigError, PosttrainError, require
-from posttrain.io import atomic_write_text
+from posttrain.engine.checkpoint import list_checkpoints, load_checkpoint, load_model_weights, save_checkpoint
+from posttrain.engine.method import Method
+from posttrain.engine.optimizer import autocast_precision, build_optimizer, lr_factor, preallocate_training_state
+from posttrain.engine.run_log import (
+    LOG_FILE,
+    RunLog,
+    accumulate_window,
+    empty_window,
+    truncate_jsonl,
+    window_record,
+)
 from posttrain.engine.step_in_backward import StepInBackward
+from posttrain.errors import ConfigError, PosttrainError
+from posttrain.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class EngineConfig:
-    output_dir: str = "runs/default"
-    seed: int = 0
-    max_steps: int | None = field(default=None, metadata={"min": 1})  # None: num_epochs decides
-    num_epochs: float = field(default=1.0, metadata={"min": 0})
-    batch_size: int = field(default=8, metadata={"min": 1})  # examples per micro-batch
-    grad_accum_steps: int = field(default=1, metadata={"min": 1})  # micro-batches per optimizer step
-    learning_rate: float = field(default=2e-5, metadata={"min": 0})
-    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: int = field(default=0, metadata={"min": 0})
-    weight_decay: float = field(default=0.0, metadata={"min": 0})
-    adam_beta1: float = field(default=0.9, metadata={"min": 0, "max": 1})
-    adam_beta2: float = field(default=0.999, metadata={"min": 0, "max": 1})
-    adam_epsilon: float = field(default=1e-8, metadata={"min": 0})
-    max_grad_norm: float = field(default=1.0, metadata={"min": 0})  # 0 disables clipping (the norm is still logged)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    gradient_checkpointing: bool = False
-    # Zero gradients in place after each step instead of freeing them; None: keep them when grad_accum_steps > 1.
+    """The engine: the training loop every method shares."""
+
+    output_dir: str = option("runs/default", help="folder of the run: config.json, log_history.jsonl, checkpoints/, "
+                                                  "final/, evaluation.json")
+    seed: int = option(0, help="seeds torch, Python's random, the data order and (RL methods) the sampling")
+    max_steps: int | None = option(None, min=1, help="optimizer steps to train; None: num_epochs decides")
+    num_epochs: float = option(1.0, min=0, help="passes over the training set (fractions allowed), used when max_steps "
+                                                "is None")
+    batch_size: int = option(8, min=1, help="examples per micro-batch")
+    grad_accum_steps: int = option(1, min=1, help="micro-batches per optimizer step: a step sees batch_size x "
+                                                  "grad_accum_steps examples")
+    learning_rate: float = option(2e-5, min=0, help="AdamW's peak learning rate, reached after warmup_steps")
+    lr_schedule: Literal["constant", "linear", "cosine"] = option(
+        "cosine", help="after warmup: constant, or a linear or cosine decay to 0 at the last step")
+    warmup_steps: int = option(0, min=0, help="optimizer steps of linear warmup up to learning_rate")
+    weight_decay: float = option(0.0, min=0, help="AdamW's decoupled weight decay, applied to matrices only (biases "
+                                                  "and norm weights get none)")
+    adam_beta1: float = option(0.9, min=0, max=1, help="AdamW's decay rate of the gradient's moving average")
+    adam_beta2: float = option(0.999, min=0, max=1, help="AdamW's decay rate of the squared gradient's moving average")
+    adam_epsilon: float = option(1e-8, min=0, help="AdamW's epsilon, added to the square root in the denominator")
+    max_grad_norm: float = option(1.0, min=0, help="clip the gradients' global L2 norm to this; 0 disables clipping "
+                                                   "(the norm is still logged)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", help="autocast precision of the forward passes; auto: bf16 on CUDA, fp32 on CPU; fp16 (CUDA only) adds "
+                     "a loss scaler")
+    gradient_checkpointing: bool = option(False, help="recompute activations in backward instead of keeping them: less "
+                                                      "memory, more compute")
     # Kept buffers are not faulted in again each step, and do not leave 0.5 GB (SmolLM2-135M fp32) of freed blocks
     # for activations to fragment. With accumulation the gradients are alive in every later micro-batch anyway, so
     # keeping them adds no peak; without it, freeing them lets the next forward's activations reuse that memory.
     # A kept gradient counts as zero (not skipped by AdamW) in a step where no loss reaches its parameter.
-    keep_grad_buffers: bool | None = None
-    # Step each parameter inside backward as soon as its gradient is ready, then free that gradient: the peak holds
-    # no full set of gradients (0.54 GB less for SmolLM2-135M in fp32). Needs max_grad_norm: 0 and grad_accum_steps:
-    # 1 (posttrain.step_in_backward says why).
-    optimizer_in_backward: bool = False
-    logging_steps: int = field(default=10, metadata={"min": 1})
-    eval_steps: int | None = field(default=None, metadata={"min": 1})  # None: evaluate at the end only
-    eval_on_start: bool = True  # the step-0 evaluation is the baseline that final figures are compared with
-    eval_batch_size: int = field(default=16, metadata={"min": 1})
-    patience: int | None = field(default=None, metadata={"min": 1})  # stop after this many evals without improvement
-    save_steps: int | None = field(default=None, metadata={"min": 1})
-    save_total_limit: int | None = field(default=2, metadata={"min": 1})
-    max_consecutive_nonfinite: int = field(default=5, metadata={"min": 1})
-    resume_from: str | None = None  # a checkpoint folder; re-running into the same output_dir resumes by itself
-    overwrite_output_dir: bool = False
-    shuffle: bool = True
-    bucket_window: int = field(default=16, metadata={"min": 1})  # step batches per length-sorting window
-    tensorboard: bool = False
-    progress_bar: bool = True
-
-
-@dataclass
-class LossOutput:
-    loss_sum: torch.Tensor  # summed over the batch's items; the engine divides by the step's item count
-    metrics: dict[str, float] = field(default_factory=dict)  # sums over the same items
-
-
-class Method(Protocol):
-    """What a training method gives the engine. A method may also define ``collate(examples, pad_token_id)`` (how
-    its examples become a batch; default: ``posttrain.data.batching.collate``) and ``prepare_step(model,
-    micro_batches)`` (called before the step's forward passes, for quantities estimated over the whole step batch,
-    such as KTO's KL reference point, so that accumulation does not change them). RL methods add
-    ``step_metrics()`` (per-step scalars such as generation time, logged like the loss) and ``evaluate(model)``
-    (their own held-out evaluation, e.g. task accuracy of greedy answers, instead of the loss on eval examples)."""
-
-    def count(self, batch: dict[str, torch.Tensor]) -> int: ...
-
-    def loss(self, model, batch: dict[str, torch.Tensor]) -> LossOutput: ...
+    keep_grad_buffers: bool | None = option(None, help="zero the gradients in place after each step instead of freeing "
+                                                       "them; None: keep them when grad_accum_steps > 1")
+    # No full set of gradients at the peak: 0.54 GB less for SmolLM2-135M in fp32 (posttrain.engine.step_in_backward
+    # says why it cannot clip or accumulate).
+    optimizer_in_backward: bool = option(False, help="step each parameter inside backward as soon as its gradient is "
+                                                     "ready, then free that gradient; needs max_grad_norm: 0 and "
+                                                     "grad_accum_steps: 1")
+    logging_steps: int = option(10, min=1, help="optimizer steps per log_history.jsonl record (loss and metrics "
+                                                "averaged over them); the last step is always logged")
+    eval_steps: int | None = option(None, min=1, help="evaluate every N optimizer steps; None: at the end only")
+    eval_on_start: bool = option(True, help="also evaluate at step 0: the baseline that final figures are compared "
+                                            "with")
+    eval_batch_size: int = option(16, min=1, help="examples per forward pass in the engine's evaluation")
+    patience: int | None = option(None, min=1, help="stop after this many evaluations in a row without a lower "
+                                                    "eval_loss; None: never stop early")
+    save_steps: int | None = option(None, min=1, help="write a checkpoint (checkpoints/step_N/) every N optimizer "
+                                                      "steps; None: none, only final/")
+    save_total_limit: int | None = option(2, min=1, help="checkpoints kept, the newest (older ones are deleted); None: "
+                                                         "keep all")
+    max_consecutive_nonfinite: int = option(5, min=1, help="optimizer steps in a row with a non-finite loss or "
+                                                           "gradient (each skipped) before the run stops with an error")
+    resume_from: str | None = option(None, help="a checkpoint folder to resume from; None: re-running into the same "
+                                                "output_dir resumes from its newest checkpoint by itself")
+    overwrite_output_dir: bool = option(False, help="delete a previous run's outputs in output_dir and start over, "
+                                                    "instead of resuming or refusing")
+    shuffle: bool = option(True, help="shuffle the training examples each epoch (seeded by seed and the epoch)")
+    bucket_window: int = option(16, min=1, help="step batches per length-sorting window: examples of similar length "
+                                                "share a batch, which cuts padding")
+    tensorboard: bool = option(False, help="also write TensorBoard events to output_dir/tensorboard (needs the "
+                                           "tensorboard extra)")
+    progress_bar: bool = option(True, help="show a progress bar; false: log each record as a JSON line instead")
 
 
 class NonFiniteLossError(PosttrainError):
@@ -129,16 +138,20 @@ class Engine:
         self.load_model = load_model or (lambda directory: load_model_weights(model, directory))
         self.resolved_config = resolved_config or {}
         self.callbacks = callbacks or []
-        self.collate = getattr(method, "collate", collate)
         self.output_dir = Path(config.output_dir)
         self.device = next(model.parameters()).device
         self.lengths = [len(e) for e in train_examples]
         self.step_size = config.batch_size * config.grad_accum_steps
         self.steps_per_epoch = math.ceil(len(train_examples) / self.step_size)
         self.total_steps = config.max_steps or max(1, math.ceil(config.num_epochs * self.steps_per_epoch))
-        self.autocast_dtype, self.scaler = self._precision()
+        self.autocast_dtype, self.scaler = autocast_precision(config.precision, self.device)
         self._check_optimizer_in_backward()
         self.step_in_backward: StepInBackward | None = None  # set up in train()
+
+    @property
+    def evaluations(self) -> list[dict]:
+        """Every evaluation record of the run so far (the step-0 baseline first), across resumes."""
+        return self.run_log.evaluations
 
     # ----------------------------------------------------------------------------------------------- the loop
     def train(self) -> dict:
@@ -155,35 +168,33 @@ class Engine:
             for model in models:
                 if hasattr(model, "gradient_checkpointing_enable"):
                     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.optimizer = self._optimizer()
+        self.optimizer = build_optimizer(self.model, config.learning_rate, config.weight_decay,
+                                         (config.adam_beta1, config.adam_beta2), config.adam_epsilon,
+                                         self.method.learning_rates(self.model))
         preallocate_training_state(self.optimizer, with_grads=self._keep_grad_buffers())
         self.step_in_backward = StepInBackward(self.optimizer) if config.optimizer_in_backward else None
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.total_steps, config.warmup_steps, config.lr_schedule))
         state = self._fresh_state()
         if resume_dir is not None:
-            state = load_checkpoint(resume_dir, self.load_model, self.optimizer)
-            self.scheduler.load_state_dict(state.pop("scheduler"))
-            self._truncate_log(state["step"])
-            log.warning("resumed from %s at step %d", resume_dir, state["step"])
+            state = self._resume(resume_dir)
         self.state = state
-        self.writer = self._tensorboard()
+        self.run_log = RunLog(self.output_dir, config.tensorboard, echo=not config.progress_bar)
         self.model.train()
         if config.eval_on_start and state["step"] == 0 and self.eval_examples:
-            self._log({"step": 0, **self.evaluate()})
+            self.run_log.write({"step": 0, **self.evaluate()})
         progress = self._progress(state["step"])
-        window_start = time.perf_counter()
         if self.step_in_backward:
             self.step_in_backward.attach()
         try:
-            self._train_loop(state, progress, window_start)
+            self._train_loop(state, progress, time.perf_counter())
         finally:
             if self.step_in_backward:
                 self.step_in_backward.detach()
         progress.close()
         if self.eval_examples and not (config.eval_steps and state["step"] % config.eval_steps == 0):
             self._eval_and_maybe_stop(state)
-        if self.writer is not None:
-            self.writer.close()
+        self.run_log.close()
         return state
 
     def _train_loop(self, state: dict, progress, window_start: float) -> None:
@@ -196,13 +207,15 @@ class Engine:
 
             loss, metrics, tokens, grad_norm, finite = self._optimizer_step(indices)
             state["step"] += 1
-            self._accumulate_window(state, loss, metrics, tokens, grad_norm, finite)
+            self.method.after_update(state["step"])
+            accumulate_window(state["window"], loss, metrics, tokens, grad_norm, finite)
             progress.update(1)
             if state["step"] % config.logging_steps == 0 or state["step"] == self.total_steps:
-                elapsed = time.perf_counter() - window_start
-                record = self._flush_window(state, elapsed)
+                record = window_record(state["window"], state["step"], round(state["step"] / self.steps_per_epoch, 4),
+                                       self.scheduler.get_last_lr()[0], time.perf_counter() - window_start)
+                state["window"] = empty_window()
                 progress.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                self._log(record)
+                self.run_log.write(record)
                 window_start = time.perf_counter()
             if config.eval_steps and state["step"] % config.eval_steps == 0 and self.eval_examples:
                 self._eval_and_maybe_stop(state)
@@ -214,19 +227,17 @@ class Engine:
     def _optimizer_step(self, indices: list[int]):
         """One optimizer step over the step batch ``indices``, split into micro-batches."""
         micro = [
-            self._to_device(self.collate([self.train_examples[i] for i in chunk], self.pad_token_id))
+            self._to_device(self.method.collate([self.train_examples[i] for i in chunk], self.pad_token_id))
             for chunk in split_micro_batches(indices, self.lengths, self.config.grad_accum_steps)
         ]
-        if hasattr(self.method, "prepare_step"):
-            with self._autocast():
-                self.method.prepare_step(self.model, micro)
+        with self._autocast():
+            self.method.prepare_step(self.model, micro, self.state["step"])
         total_items = sum(self.method.count(b) for b in micro)
         if total_items == 0:
             log.warning("step %d: no item in the step batch carries loss (all masked or filtered); no update",
                         self.state["step"] + 1)
             self.state["window"]["empty"] = self.state["window"].get("empty", 0) + 1
-            metrics = self.method.step_metrics() if hasattr(self.method, "step_metrics") else {}
-            return 0.0, metrics, 0, 0.0, True
+            return 0.0, self.method.step_metrics(), 0, 0.0, True
         loss_total = 0.0
         metrics: dict[str, float] = {}
         if self.step_in_backward:
@@ -243,8 +254,7 @@ class Engine:
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             for name, value in out.metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + float(value) / total_items
-        if hasattr(self.method, "step_metrics"):
-            metrics.update(self.method.step_metrics())
+        metrics.update(self.method.step_metrics())
         tokens = sum(count_real_tokens(b) for b in micro if "attention_mask" in b)
         if self.step_in_backward:  # backward has updated the weights already; the rest of the step is bookkeeping
             grad_norm, grads_finite = self.step_in_backward.finish()
@@ -272,27 +282,30 @@ class Engine:
         if finite:
             self.scheduler.step()
             self.state["nonfinite_in_a_row"] = 0
-        else:
-            self.state["nonfinite_in_a_row"] += 1
-            self.state["nonfinite_total"] += 1
-            partial = self.step_in_backward.nonfinite if self.step_in_backward else 0
-            skipped = (f"{partial} parameters with a non-finite gradient kept their weights, the others were updated "
-                       "(optimizer_in_backward)" if partial else "step skipped")
-            log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); %s",
-                        self.state["step"] + 1, loss_total, grad_norm, skipped)
-            if self.state["nonfinite_in_a_row"] >= self.config.max_consecutive_nonfinite:
-                raise NonFiniteLossError(
-                    f"{self.state['nonfinite_in_a_row']} non-finite steps in a row (up to step {self.state['step'] + 1}); "
-                    "stopping. Lower learning_rate, check the data, or resume from the last checkpoint "
-                    f"in {self.output_dir / 'checkpoints'}"
-                )
+            return
+        self.state["nonfinite_in_a_row"] += 1
+        self.state["nonfinite_total"] += 1
+        partial = self.step_in_backward.nonfinite if self.step_in_backward else 0
+        skipped = (f"{partial} parameters with a non-finite gradient kept their weights, the others were updated "
+                   "(optimizer_in_backward)" if partial else "step skipped")
+        log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); %s",
+                    self.state["step"] + 1, loss_total, grad_norm, skipped)
+        if self.state["nonfinite_in_a_row"] >= self.config.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.state['nonfinite_in_a_row']} non-finite steps in a row (up to step {self.state['step'] + 1}); "
+                "stopping. Lower learning_rate, check the data, or resume from the last checkpoint "
+                f"in {self.output_dir / 'checkpoints'}"
+            )
 
     # ------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Loss and metrics averaged over the whole eval set (item-weighted, like training)."""
-        if hasattr(self.method, "evaluate"):
-            return self.method.evaluate(self.model)
+        """The method's own evaluation, or the loss and metrics averaged over the whole eval set (item-weighted,
+        like training)."""
+        step = self.state["step"] if hasattr(self, "state") else 0
+        own = self.method.evaluate(self.model, step)
+        if own is not None:
+            return own
         was_training = self.model.training
         self.model.eval()
         lengths = [len(e) for e in self.eval_examples]
@@ -300,10 +313,9 @@ class Engine:
         loss_sum, items, sums = 0.0, 0, {}
         for start in range(0, len(order), self.config.eval_batch_size):
             chunk = [self.eval_examples[i] for i in order[start : start + self.config.eval_batch_size]]
-            batch = self._to_device(self.collate(chunk, self.pad_token_id))
+            batch = self._to_device(self.method.collate(chunk, self.pad_token_id))
             with self._autocast():
-                if hasattr(self.method, "prepare_step"):
-                    self.method.prepare_step(self.model, [batch])
+                self.method.prepare_step(self.model, [batch], step)
                 out = self.method.loss(self.model, batch)
             loss_sum += float(out.loss_sum)
             items += self.method.count(batch)
@@ -316,7 +328,7 @@ class Engine:
 
     def _eval_and_maybe_stop(self, state: dict) -> None:
         result = self.evaluate()
-        self._log({"step": state["step"], **result})
+        self.run_log.write({"step": state["step"], **result})
         if "eval_loss" not in result:  # a method's own evaluation may have no loss: no early stopping on it
             return
         if result["eval_loss"] < state["best_eval_loss"]:
@@ -329,9 +341,21 @@ class Engine:
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
-        state = dict(self.state, scheduler=self.scheduler.state_dict())
+        state = dict(self.state, scheduler=self.scheduler.state_dict(), method=self.method.state_dict())
         directory = self.output_dir / "checkpoints" / f"step_{self.state['step']}"
         return save_checkpoint(directory, self.save_model, self.optimizer, state, self.config.save_total_limit)
+
+    def _resume(self, directory: Path) -> dict:
+        """Weights, optimizer, schedule, RNG and the method's own state from a checkpoint; the log files cut back
+        to its step (the steps after it are logged again)."""
+        state = load_checkpoint(directory, self.load_model, self.optimizer)
+        self.scheduler.load_state_dict(state.pop("scheduler"))
+        self.method.load_state_dict(state.pop("method", {}), state["step"])
+        for name in (LOG_FILE, *self.method.outputs):
+            if name.endswith(".jsonl"):
+                truncate_jsonl(self.output_dir / name, state["step"])
+        log.warning("resumed from %s at step %d", directory, state["step"])
+        return state
 
     def _prepare_output_dir(self) -> Path | None:
         """Resume from ``resume_from`` or the newest checkpoint in output_dir; refuse to write over a finished run."""
@@ -344,7 +368,7 @@ class Engine:
         checkpoints = list_checkpoints(out / "checkpoints")
         finished = (out / "final").exists()
         if self.config.overwrite_output_dir:
-            clear_run_outputs(out)
+            clear_run_outputs(out, self.method.outputs)
             return None
         if finished:
             raise ConfigError(
@@ -360,95 +384,19 @@ class Engine:
             )
         return None
 
-    # ------------------------------------------------------------------------------------------- logging
+    # --------------------------------------------------------------------------------------------- set-up
     def _fresh_state(self) -> dict:
         return {
             "step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": self.total_steps,
             "best_eval_loss": float("inf"), "evals_without_improvement": 0, "stopped": "",
-            "nonfinite_in_a_row": 0, "nonfinite_total": 0, "window": _empty_window(),
+            "nonfinite_in_a_row": 0, "nonfinite_total": 0, "window": empty_window(),
         }
-
-    def _accumulate_window(self, state, loss, metrics, tokens, grad_norm, finite) -> None:
-        window = state["window"]
-        if finite:
-            window["steps"] += 1
-            window["loss"] += loss
-            window["grad_norm"] += grad_norm
-            for name, value in metrics.items():
-                window["metrics"][name] = window["metrics"].get(name, 0.0) + value
-        else:
-            window["skipped"] += 1
-        window["tokens"] += tokens
-
-    def _flush_window(self, state: dict, elapsed: float) -> dict:
-        window, n = state["window"], max(state["window"]["steps"], 1)
-        record = {
-            "step": state["step"],
-            "epoch": round(state["step"] / self.steps_per_epoch, 4),
-            "loss": window["loss"] / n,
-            "lr": self.scheduler.get_last_lr()[0],
-            "grad_norm": window["grad_norm"] / n,
-            "tokens_per_s": window["tokens"] / max(elapsed, 1e-9),  # non-pad input tokens
-            "num_tokens": window["tokens"],
-            **{name: value / n for name, value in window["metrics"].items()},
-        }
-        if window["skipped"]:
-            record["skipped_nonfinite_steps"] = window["skipped"]
-        if window.get("empty"):
-            record["empty_steps"] = window["empty"]  # steps without any item carrying loss (loss 0, no update)
-        state["window"] = _empty_window()
-        return record
-
-    def _log(self, record: dict) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "log_history.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for name, value in record.items():
-                if name != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(name, value, record["step"])
-        if not self.config.progress_bar:
-            log.info(json.dumps(record))
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after the checkpoint we resume from: they will be logged again."""
-        path = self.output_dir / "log_history.jsonl"
-        if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-    def _tensorboard(self):
-        if not self.config.tensorboard:
-            return None
-        require("tensorboard", "tensorboard", "tensorboard=true")
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.output_dir / "tensorboard"))
 
     def _progress(self, initial: int):
         from tqdm.auto import tqdm
 
         return tqdm(total=self.total_steps, initial=initial, disable=not self.config.progress_bar, desc="train",
                     dynamic_ncols=True)
-
-    # --------------------------------------------------------------------------------------------- set-up
-    def _optimizer(self) -> torch.optim.Optimizer:
-        """AdamW; biases and norm weights (1-D) get no weight decay. Fused kernels where this torch has them.
-        A method may give some parameters their own learning rate with ``learning_rates(model) -> {id(param): lr}``
-        (PPO's critic); the schedule scales every group alike."""
-        base = self.config.learning_rate
-        rates = self.method.learning_rates(self.model) if hasattr(self.method, "learning_rates") else {}
-        groups: dict[tuple[float, bool], list] = {(base, True): [], (base, False): []}
-        for param in self.model.parameters():
-            if param.requires_grad:
-                groups.setdefault((rates.get(id(param), base), param.dim() >= 2), []).append(param)
-        param_groups = [{"params": params, "lr": lr, "weight_decay": self.config.weight_decay if decay else 0.0}
-                        for (lr, decay), params in groups.items() if params or lr == base]
-        kwargs = dict(lr=base, betas=(self.config.adam_beta1, self.config.adam_beta2), eps=self.config.adam_epsilon)
-        try:
-            return torch.optim.AdamW(param_groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError):
-            return torch.optim.AdamW(param_groups, foreach=True, **kwargs)
 
     def _keep_grad_buffers(self) -> bool:
         keep = self.config.keep_grad_buffers
@@ -475,31 +423,6 @@ class Engine:
             raise ConfigError("optimizer_in_backward=true does not support precision=fp16 (the loss scaler "
                               "unscales every gradient before one step); use bf16 or fp32")
 
-    def _lr_factor(self, step: int) -> float:
-        """Linear warmup, then constant, linear decay to 0, or cosine decay to 0 (Loshchilov & Hutter 2017)."""
-        warmup = self.config.warmup_steps
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, self.total_steps - warmup)
-        if self.config.lr_schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        if self.config.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
-
-    def _precision(self):
-        precision = self.config.precision
-        if precision == "auto":
-            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-            precision = "bf16" if cuda_bf16 else "fp32"
-        if precision == "fp32":
-            return None, None
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        return dtype, scaler
-
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -509,37 +432,15 @@ class Engine:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
 
-RUN_OUTPUTS = ("log_history.jsonl", "samples.jsonl", "ppo_metrics.jsonl", "evaluation.json", "checkpoints", "final",
-               "tensorboard")
+# the engine's own outputs; a method's (Method.outputs) are cleared with them
+RUN_OUTPUTS = (LOG_FILE, "evaluation.json", "checkpoints", "final", "tensorboard")
 
 
-def preallocate_training_state(optimizer: torch.optim.Optimizer, with_grads: bool) -> None:
-    """Create AdamW's two moments (and, when they are kept between steps, the gradient buffers) now, before the first
-    forward pass: the same zeros the first step would create, but the long-lived buffers then lie together instead
-    of in the holes that step 1's freed activations leave, which lowers the peak RSS of every later step
-    (docs/benchmarks.md, SFT memory). Loading a checkpoint replaces them."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if with_grads:
-        for param in params:
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-    if type(optimizer) is not torch.optim.AdamW or optimizer.state or optimizer.defaults.get("amsgrad"):
-        return
-    state = {index: {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(param),
-                     "exp_avg_sq": torch.zeros_like(param)} for index, param in enumerate(params)}
-    # load_state_dict puts "step" where this optimizer keeps it (on the parameter's device for fused kernels)
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
-
-
-def clear_run_outputs(output_dir: Path) -> None:
+def clear_run_outputs(output_dir: Path, method_outputs: tuple[str, ...] = ()) -> None:
     """Remove a previous run's outputs (only the names of the output contract, never anything else in the folder)."""
-    for name in RUN_OUTPUTS:
+    for name in (*RUN_OUTPUTS, *method_outputs):
         path = output_dir / name
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-
-
-def _empty_window() -> dict:
-    return {"steps": 0, "skipped": 0, "loss": 0.0, "grad_norm": 0.0, "tokens": 0, "metrics": {}}

@@ -79,9 +79,9 @@ class EvalContext:
         return self.causal_lm(base) if base else None
 
     def reward_function(self, specs: list[dict]):
-        """``build_reward(specs)`` (``posttrain.tasks.rewards``), built once per distinct list of specs, so a reward
+        """``build_reward(specs)`` (``posttrain.rollout.rewards``), built once per distinct list of specs, so a reward
         model shared by two metrics is loaded once."""
-        from posttrain.tasks.rewards import build_reward
+        from posttrain.rollout.rewards import build_reward
 
         key = json.dumps(specs, sort_keys=True)
         if key not in self._rewards:
@@ -90,7 +90,7 @@ class EvalContext:
 
     def reward_model(self, path: str):
         """A reward model folder as a scorer ``(prompts, completions) -> scores``, loaded once."""
-        from posttrain.models.reward import RewardModelScorer
+        from posttrain.rollout.rewards import RewardModelScorer
 
         key = f"model:{path}"
         if key not in self._rewards:

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posttrain import __version__
+from posttrain.version import __version__
 from posttrain.errors import DataError
 from posttrain.eval.estimators import mean_and_standard_error
 from posttrain.eval.result import Value

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain import __version__
+from posttrain.version import __version__
 from posttrain.errors import ModelLoadError
 from posttrain.eval.context import EvalContext, read_run_config
 from posttrain.eval.evalfile import FORMAT, FORMAT_VERSION, samples_path

@@ -37,7 +37,6 @@ from posttrain.math.preference import (
 )
 from posttrain.math.rlhf import (
     adaptive_kl_coef,
-    approximate_kl,
     explained_variance,
     kl_penalized_rewards,
     token_level_scores,
@@ -73,7 +72,6 @@ __all__ = [
     "sequence_token_logps",
     "sft_nll_sum",
     "adaptive_kl_coef",
-    "approximate_kl",
     "explained_variance",
     "kl_penalized_rewards",
     "token_level_scores",

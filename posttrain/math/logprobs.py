@@ -24,9 +24,8 @@ from typing import NamedTuple
 
 import torch
 
-# Rows per logits chunk (1024 x 49152 fp32 logits: 200 MB). On 2 CPU cores, 256-row chunks made the head 12% slower
-# for 1500 rows (each chunk adds a pass over the (V, H) weight gradient); micro-batches of one sequence fit in a
-# single chunk either way.
+# Rows per logits chunk (1024 x 49152 fp32 logits: 200 MB). Smaller chunks are slower, since each adds a pass over the
+# (V, H) weight gradient (docs/benchmarks.md), and micro-batches of one sequence fit in a single chunk either way.
 DEFAULT_CHUNK_SIZE = 1024
 
 

@@ -200,3 +200,17 @@ def reward_centering_penalty(chosen_rewards: torch.Tensor, rejected_rewards: tor
     The trainer adds ``center_rewards_coefficient`` times it to the Bradley-Terry loss (TRL's default 1e-2).
     """
     return (chosen_rewards + rejected_rewards) ** 2
+
+
+def reward_metric_sums(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
+    """Sums over pairs of the (implicit or learned) rewards of chosen and rejected, their margin, and accuracy (the
+    share of pairs ranked right) as the trainers log them, divided by the pair count. A tie counts as half right, so
+    a model that ranks nothing scores 0.5, chance."""
+    margin = chosen_rewards - rejected_rewards
+    accuracy = (margin > 0).float() + 0.5 * (margin == 0).float()
+    return {
+        "rewards/chosen": float(chosen_rewards.sum()),
+        "rewards/rejected": float(rejected_rewards.sum()),
+        "rewards/margin": float(margin.sum()),
+        "rewards/accuracy": float(accuracy.sum()),
+    }

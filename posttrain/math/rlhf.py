@@ -81,9 +81,3 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     if float(var_returns) == 0.0:
         return float("nan")
     return float(1.0 - variance(returns - values) / var_returns)
-
-
-def approximate_kl(logps: torch.Tensor, old_logps: torch.Tensor) -> torch.Tensor:
-    """Per-token 0.5 (log pi - log pi_old)^2: how far an update moved the policy from the one that sampled (the k2
-    estimator; PPO implementations early-stop their epochs on its mean)."""
-    return 0.5 * (logps - old_logps) ** 2

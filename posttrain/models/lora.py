@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from posttrain.config import option
 
 
 @dataclass
 class LoraSettings:
-    enabled: bool = False
-    r: int = field(default=16, metadata={"min": 1})
-    alpha: float = field(default=32.0, metadata={"min": 0})
-    dropout: float = field(default=0.05, metadata={"min": 0, "max": 1})
-    # "all-linear": every linear layer of the decoder except the output head (QLoRA's recommendation).
-    target_modules: list[str] | str = "all-linear"
-    save_merged: bool = False  # also write final/merged/: the adapter folded into a plain transformers model
+    enabled: bool = option(False, help="train LoRA adapters instead of the full weights (the base is frozen)")
+    r: int = option(16, min=1, help="rank of the adapters' update B A")
+    alpha: float = option(32.0, min=0, help="scale of the update: W x + (alpha / r) B A x")
+    dropout: float = option(0.05, min=0, max=1, help="dropout on the adapters' input")
+    target_modules: list[str] | str = option("all-linear", help="the layers that get adapters: module names, or "
+                                                                "all-linear (every linear layer of the decoder except "
+                                                                "the output head, QLoRA's recommendation)")
+    save_merged: bool = option(False, help="also write final/merged/: the adapter folded into a plain transformers "
+                                           "model")
 
 
 def apply_lora(model, settings: LoraSettings, gradient_checkpointing: bool = False):

@@ -54,7 +54,7 @@ def supports_llama_path(model) -> bool:
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, out: torch.Tensor | None = None):
     """RoPE as Hugging Face's Llama applies it, ``x cos + rotate_half(x) sin`` with ``rotate_half(x) = (-x2, x1)``,
-    in four kernels instead of five (the decoder rotates queries and keys in one call, so ten became four):
+    in four kernels instead of five, for queries and keys at once (the decoder rotates both in one call):
     ``(x2, x1)`` is the two halves flipped, and the minus sign lives in ``signed_sin = (-s1, s2)``. The same
     products and sums, so the same floats (``addcmul`` would fuse them into one rounding and no longer match the
     model's own forward). ``out=x`` rotates in place."""

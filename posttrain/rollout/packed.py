@@ -1,15 +1,14 @@
 """Linear layers for decoding on CPU: weights prepacked once into oneDNN's blocked layout, sibling layers fused.
 
 Decoding multiplies a few rows (the active completions) by every weight matrix of the model at each step. For such
-thin products oneDNN's GEMM on a weight prepacked into its blocked layout beat ``F.linear`` on the 2-core benchmark
-machine (16 rows, SmolLM2 shapes, one thread): 1.2x to 1.7x for the MLP, 1.7x for q/o, 3.5x for k/v and 2.3x for the
-49152-row output head. Sibling projections that read the same input
-(q/k/v, gate/up) are packed as one matrix, so each costs a single call.
+thin products oneDNN's GEMM on a weight prepacked into its blocked layout is faster than ``F.linear``, for every
+layer of the model (docs/benchmarks.md, rollout engine). Sibling projections that read the same input (q/k/v,
+gate/up) are packed as one matrix, so each costs a single call.
 
 The packed copy is a second copy of the weights (about the model's size in memory, half in bfloat16), made when a
 decoder is built (once per ``sample`` call, so weights updated by training are always the ones used) and freed with
 it. ``dtype`` is the dtype the products run in: the weights' own, or bfloat16 for a float32 model (the copy is
-rounded; on a CPU with AVX512-BF16 a 16-row decode step's products took two thirds of the time, docs/benchmarks.md).
+rounded; its products are faster on a CPU with AVX512-BF16, docs/benchmarks.md).
 Anything that is not a plain ``nn.Linear`` (a LoRA-wrapped layer, a quantized one) runs through the module itself,
 its input cast to the module's dtype and its output to ``dtype``, so adapters and ``adapters_disabled`` keep
 working.

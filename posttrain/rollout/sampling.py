@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from posttrain.generation import chat_prompt_ids
 from posttrain.models.loading import DTYPES
 from posttrain.rollout.choice import choose_tokens, row_keys
 from posttrain.rollout.decoders import make_decoder
@@ -65,11 +64,6 @@ class Rollout:
     @property
     def completion_lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
-
-
-def chat_prompts(tokenizer, prompts: list[str], system: str | None = None) -> list[list[int]]:
-    """Token ids of single-turn chat prompts ending with the assistant's generation prompt."""
-    return [chat_prompt_ids(tokenizer, prompt, system) for prompt in prompts]
 
 
 def eos_ids(model, tokenizer, params: SamplingParams) -> list[int]:
@@ -123,10 +117,10 @@ def sample(model, tokenizer, prompt_ids: list[list[int]], params: SamplingParams
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = torch.tensor(eos_ids(model, tokenizer, params), dtype=torch.long, device=device)
     rows_total, width = len(prompt_ids) * group_size, params.max_new_tokens
-    tokens = torch.full((rows_total, width), pad_id, dtype=torch.long, device=device)
-    logps = torch.zeros(rows_total, width, device=device)
-    lengths = torch.full((rows_total,), width, dtype=torch.long, device=device)
-    ended = torch.zeros(rows_total, dtype=torch.bool, device=device)
+    out = _Outputs(tokens=torch.full((rows_total, width), pad_id, dtype=torch.long, device=device),
+                   logps=torch.zeros(rows_total, width, device=device),
+                   lengths=torch.full((rows_total,), width, dtype=torch.long, device=device),
+                   ended=torch.zeros(rows_total, dtype=torch.bool, device=device))
 
     # prefill units: a prompt and the sample indices of the rows that share its cache
     shared = group_size if share_prefill else 1
@@ -149,12 +143,13 @@ def sample(model, tokenizer, prompt_ids: list[list[int]], params: SamplingParams
                 batch = units[start : start + per_batch]
                 prompt_index = torch.tensor([p for p, samples in batch for _ in samples], device=device)
                 sample_index = torch.tensor([s for _, samples in batch for s in samples], device=device)
-                forwards += _decode_batch(decoder, tokenizer, [prompt_ids[p] for p, _ in batch], shared,
-                                          prompt_index, sample_index, group_size, params, stops, tokens, logps,
-                                          lengths, ended)
+                decoded = _Batch([prompt_ids[p] for p, _ in batch], shared, prompt_index, sample_index,
+                                 rows=prompt_index * group_size + sample_index)
+                forwards += _decode_batch(decoder, tokenizer, decoded, params, stops, out)
     finally:
         model.train(was_training)
 
+    tokens, logps, lengths, ended = out.tokens, out.logps, out.lengths, out.ended
     longest = max(1, int(lengths.max()))
     mask = torch.arange(longest, device=device)[None, :] < lengths[:, None]
     tokens, logps = tokens[:, :longest].masked_fill(~mask, pad_id), logps[:, :longest] * mask
@@ -171,11 +166,47 @@ def sample(model, tokenizer, prompt_ids: list[list[int]], params: SamplingParams
     )
 
 
-def _decode_batch(decoder, tokenizer, prompts, shared, prompt_index, sample_index, group_size, params, stops,
-                  tokens, logps, lengths, ended) -> int:
-    """Generate for one batch: ``prompts`` are prefilled once each and shared by ``shared`` consecutive rows, labelled
-    by ``prompt_index`` and ``sample_index`` (which fix each row's random stream and output row). Writes each row's
-    tokens, log-probs, length and end flag in place, and returns the number of decode forwards.
+@dataclass
+class _Batch:
+    """Rows decoded together: ``prompts`` prefilled once each, each shared by ``shared`` consecutive rows. Each row's
+    ``prompt_index`` and ``sample_index`` fix its random stream; ``rows`` are its rows of the output."""
+
+    prompts: list[list[int]]
+    shared: int
+    prompt_index: torch.Tensor  # (B,)
+    sample_index: torch.Tensor  # (B,)
+    rows: torch.Tensor  # (B,)
+
+
+@dataclass
+class _Outputs:
+    """What one ``sample`` call returns before trimming, one row per completion, written in place batch by batch."""
+
+    tokens: torch.Tensor  # (N, max_new_tokens) long, pad_id where nothing was generated
+    logps: torch.Tensor  # (N, max_new_tokens) float32
+    lengths: torch.Tensor  # (N,) tokens up to and including the ending one
+    ended: torch.Tensor  # (N,) bool: EOS or a stop string ended the row (not max_new_tokens)
+
+    def write(self, rows, positions, chosen, chosen_logps, fresh) -> None:
+        """The tokens a forward yields (``fresh``, ``(B, W)``) at their completion ``positions``."""
+        out_rows = rows[:, None].expand(-1, positions.shape[1])
+        self.tokens[out_rows[fresh], positions[fresh]] = chosen[fresh]
+        self.logps[out_rows[fresh], positions[fresh]] = chosen_logps[fresh]
+
+    def finish(self, rows, positions, ends, stopped) -> torch.Tensor:
+        """Records the length and end flag of each row with an ending token (``ends``, ``(B, W)``) at its first one;
+        returns which rows finished, ``(B,)``."""
+        finished = ends.any(-1)
+        first_end = ends.long().argmax(-1)  # the first ending token, for finished rows
+        self.ended[rows[finished]] = stopped[finished, first_end[finished]]
+        self.lengths[rows[finished]] = positions[finished, first_end[finished]] + 1
+        return finished
+
+
+def _decode_batch(decoder, tokenizer, batch: _Batch, params: SamplingParams, stops: torch.Tensor,
+                  out: _Outputs) -> int:
+    """Generate for one batch, writing each row's tokens, log-probs, length and end flag into ``out``; returns the
+    number of decode forwards.
 
     Speculative decoding, exact: each forward feeds a row its last token plus up to k draft tokens (prompt lookup,
     ``posttrain.rollout.drafts``) and gives logits at all k + 1 positions. The token at each position is chosen from
@@ -184,17 +215,13 @@ def _decode_batch(decoder, tokenizer, prompts, shared, prompt_index, sample_inde
     is kept too, so a forward yields 1 .. k + 1 tokens, and they are the tokens plain decoding yields (up to floating
     point rounding of a wider forward). No draft (k = 0) is plain decoding.
     """
-    device = tokens.device
-    rows = prompt_index * group_size + sample_index  # active batch slot -> output row
-    keys = row_keys(params.seed, prompt_index, sample_index)
+    device = out.tokens.device
+    rows = batch.rows  # active batch slot -> output row
+    keys = row_keys(params.seed, batch.prompt_index, batch.sample_index)
     done = torch.zeros(len(rows), dtype=torch.long, device=device)  # tokens emitted so far, per active row
-    window = 4 * max((len(s) for s in params.stop_strings), default=0) + 2  # tokens that can hold a stop string
-    drafter = PromptLookupDrafter() if params.draft_tokens and decoder.can_rewind else None
-    if drafter is not None:
-        for row, prompt_row in zip(rows.tolist(), (p for p in prompts for _ in range(shared))):
-            drafter.start(row, prompt_row)
+    drafter = _start_drafter(decoder, batch, params)
 
-    logits = decoder.prefill(prompts, shared)[:, None]  # (B, W, V): W = 1 + the drafts fed at the last forward
+    logits = decoder.prefill(batch.prompts, batch.shared)[:, None]  # (B, W, V): W = 1 + the drafts fed last time
     drafts = torch.empty(len(rows), 0, dtype=torch.long, device=device)  # -1 where a row had fewer drafts
     forwards = 0
     while True:
@@ -206,22 +233,10 @@ def _decode_batch(decoder, tokenizer, prompts, shared, prompt_index, sample_inde
         chosen, chosen_logps = chosen.view(-1, width), chosen_logps.view(-1, width)
         accepted = (chosen[:, :-1] == drafts).long().cumprod(-1).sum(-1)  # drafts kept before the first miss
         fresh = offsets[None, :] <= accepted[:, None]  # (B, W): the tokens this forward yields
-        out_rows = rows[:, None].expand(-1, width)
-        tokens[out_rows[fresh], positions[fresh]] = chosen[fresh]
-        logps[out_rows[fresh], positions[fresh]] = chosen_logps[fresh]
-
-        stopped = torch.isin(chosen, stops) & fresh  # (B, W): EOS or a completed stop string at this token
-        if params.stop_strings:
-            candidates, written, at = fresh.nonzero().tolist(), tokens[rows].tolist(), positions.tolist()
-            tails = tokenizer.batch_decode([written[b][max(0, at[b][j] + 1 - window) : at[b][j] + 1]
-                                            for b, j in candidates], skip_special_tokens=True)
-            for (b, j), tail in zip(candidates, tails):
-                stopped[b, j] |= first_stop_end(tail, params.stop_strings) is not None
+        out.write(rows, positions, chosen, chosen_logps, fresh)
+        stopped = _stopped(tokenizer, params, stops, chosen, fresh, positions, out, rows)
         ends = stopped | (fresh & (positions == params.max_new_tokens - 1))
-        finished = ends.any(-1)
-        first_end = ends.long().argmax(-1)  # the first ending token, for finished rows
-        ended[rows[finished]] = stopped[finished, first_end[finished]]
-        lengths[rows[finished]] = positions[finished, first_end[finished]] + 1
+        finished = out.finish(rows, positions, ends, stopped)
         if finished.all():
             return forwards
 
@@ -243,9 +258,33 @@ def _decode_batch(decoder, tokenizer, prompts, shared, prompt_index, sample_inde
         forwards += 1
 
 
-# Positions (rows x fed tokens) one verifying forward may hold. A decode forward of SmolLM2-135M on 2 CPU cores costs
-# about the same up to ~16 positions and grows beyond (docs/benchmarks.md), so drafts are worth it when few rows are
-# left, and with 16 rows they would slow every step for the few drafts that are kept.
+def _start_drafter(decoder, batch: _Batch, params: SamplingParams) -> PromptLookupDrafter | None:
+    """A prompt-lookup drafter that knows each row's prompt, when drafts are asked for and the decoder can rewind."""
+    if not (params.draft_tokens and decoder.can_rewind):
+        return None
+    drafter = PromptLookupDrafter()
+    for row, prompt_row in zip(batch.rows.tolist(), (p for p in batch.prompts for _ in range(batch.shared))):
+        drafter.start(row, prompt_row)
+    return drafter
+
+
+def _stopped(tokenizer, params: SamplingParams, stops, chosen, fresh, positions, out: _Outputs, rows) -> torch.Tensor:
+    """``(B, W)`` bool: the fresh tokens that end their row, an EOS id (``stops``) or the last token of a stop string
+    (found by decoding the few tokens that can hold one)."""
+    stopped = torch.isin(chosen, stops) & fresh
+    if params.stop_strings:
+        window = 4 * max(len(s) for s in params.stop_strings) + 2  # tokens that can hold a stop string
+        candidates, written, at = fresh.nonzero().tolist(), out.tokens[rows].tolist(), positions.tolist()
+        tails = tokenizer.batch_decode([written[b][max(0, at[b][j] + 1 - window) : at[b][j] + 1]
+                                        for b, j in candidates], skip_special_tokens=True)
+        for (b, j), tail in zip(candidates, tails):
+            stopped[b, j] |= first_stop_end(tail, params.stop_strings) is not None
+    return stopped
+
+
+# Positions (rows x fed tokens) one verifying forward may hold. A decode forward of a small model costs about the same
+# up to ~16 positions and grows beyond (docs/benchmarks.md), so drafts are worth it when few rows are left, and with
+# 16 rows they would slow every step for the few drafts that are kept.
 VERIFY_POSITIONS = 16
 
 

@@ -4,7 +4,7 @@ from posttrain.trainers.dpo import DPOConfig, PreferenceMethod, train_dpo
 from posttrain.trainers.grpo import GRPOConfig, PolicyGradientMethod, train_grpo
 from posttrain.trainers.kto import KTOConfig, KTOMethod, train_kto
 from posttrain.trainers.ppo import PPOConfig, PPOMethod, train_ppo
-from posttrain.trainers.reward import RewardConfig, RewardModelMethod, train_reward
+from posttrain.trainers.reward_model import RewardConfig, RewardModelMethod, train_reward
 from posttrain.trainers.sft import SFTConfig, SFTLoss, train_sft
 
 # method name -> (config class, train function): the CLI and posttrain.train dispatch through this table

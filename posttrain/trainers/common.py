@@ -1,52 +1,69 @@
-"""What every trainer that fine-tunes one causal LM shares: the model part of its config, loading the policy (with
-LoRA), reading its own log, and the output contract's final steps."""
+"""What every trainer shares: the model part of its config, loading the policy (with LoRA), the engine run that ends
+in ``final/``, and evaluation.json (the run's summary, the step-0 baseline beside it)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal, Protocol
 
 import torch
 
-from posttrain.config import config_to_dict
+from posttrain.config import config_to_dict, option
 from posttrain.data import DataConfig
-from posttrain.engine import Engine, EngineConfig
+from posttrain.engine import Engine, EngineConfig, Method
+from posttrain.engine.checkpoint import load_model_weights
 from posttrain.errors import ConfigError
 from posttrain.io import atomic_write_text
 from posttrain.models import LoraSettings, apply_lora, load_model, save_model
+from posttrain.models.reward_model import apply_reward_lora, load_reward_model
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PolicyTrainingConfig(EngineConfig):
-    model: str = "smollm2-135m-instruct"  # built-in name, local HF folder, or hub id
-    dtype: str = "auto"  # auto: fp32 weights (bf16 autocast on CUDA comes from `precision`); LoRA base: bf16 on CUDA
-    device: str = "auto"
-    quantization: Literal["none", "8bit", "4bit"] = "none"  # QLoRA: 4bit + lora.enabled
-    trust_remote_code: bool = False
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    data: DataConfig = field(default_factory=DataConfig)
-    # The harness's suite (`posttrain eval`: default, quick, or a suite file) run on the trained model at the end, so
-    # every method is measured the same way; written to final/evaluation.json (docs/eval.md). None: the method's own
-    # evaluation only.
-    eval_suite: str | None = None
+    """The model: which one, how it loads, and the suite that evaluates it at the end."""
+
+    model: str = option("smollm2-135m-instruct", help="the model to train: a built-in name (posttrain models), a local "
+                                                      "Hugging Face folder, or a hub id")
+    dtype: str = option("auto", help="weight dtype: auto, float32/fp32, bfloat16/bf16 or float16/fp16; auto: fp32 "
+                                     "(bf16 autocast on CUDA comes from precision), for a LoRA base bf16 on CUDA")
+    device: str = option("auto", help="torch device, e.g. cpu, cuda, cuda:1; auto: cuda when available, else cpu")
+    quantization: Literal["none", "8bit", "4bit"] = option(
+        "none", help="load the base weights quantized with bitsandbytes (trains only adapters: needs lora.enabled; "
+                     "4bit + LoRA is QLoRA)")
+    trust_remote_code: bool = option(False, help="let transformers run the model repository's own Python code (needed "
+                                                 "by some hub models)")
+    lora: LoraSettings = option(
+        default_factory=LoraSettings, help="LoRA adapters: train low-rank updates instead of the full weights")
+    data: DataConfig = option(default_factory=DataConfig, help="the dataset: where it is, its format and columns, "
+                                                               "lengths and masking")
+    eval_suite: str | None = option(None, help="the harness's suite (posttrain eval: default, quick, or a suite file) "
+                                               "run on the trained model at the end, so every method is measured the "
+                                               "same way; written to final/evaluation.json (docs/eval.md); None: the "
+                                               "method's own evaluation only")
 
 
-def load_policy(config: PolicyTrainingConfig):
-    """The model to train (+ LoRA adapters) and its tokenizer; logs the trainable share."""
+def load_policy(config: PolicyTrainingConfig, reward_model: bool = False):
+    """The model to train (+ LoRA adapters) and its tokenizer: a causal LM, or with ``reward_model`` a decoder with a
+    scalar score head (posttrain.models.reward_model; under LoRA the head trains in full). Logs the trainable share."""
     check_eval_suite(config)
     if config.quantization != "none" and not config.lora.enabled:
         raise ConfigError("quantization=4bit/8bit trains only adapters: set lora.enabled=true (QLoRA)")
-    torch.manual_seed(config.seed)
     dtype = "float32" if config.dtype == "auto" and not config.lora.enabled else config.dtype
-    model, tokenizer = load_model(config.model, dtype, config.device, config.quantization, config.trust_remote_code)
-    if config.lora.enabled:
-        model = apply_lora(model, config.lora, config.gradient_checkpointing)
-    log_trainable(model, f"model {config.model}")
+    if reward_model:
+        model, tokenizer = load_reward_model(config.model, dtype, config.device, config.trust_remote_code, config.seed)
+        if config.lora.enabled:
+            model = apply_reward_lora(model, config.lora, config.gradient_checkpointing)
+    else:
+        torch.manual_seed(config.seed)
+        model, tokenizer = load_model(config.model, dtype, config.device, config.quantization, config.trust_remote_code)
+        if config.lora.enabled:
+            model = apply_lora(model, config.lora, config.gradient_checkpointing)
+    log_trainable(model, f"{'reward model from' if reward_model else 'model'} {config.model}")
     return model, tokenizer
 
 
@@ -56,39 +73,72 @@ def log_trainable(model, label: str) -> None:
     log.warning("%s: %d trainable / %d parameters (%.2f%%)", label, trainable, total, 100 * trainable / total)
 
 
-def train_and_save(config: PolicyTrainingConfig, model, tokenizer, method, train_examples, eval_examples,
-                   callbacks=None) -> dict:
-    """The engine loop for ``method`` (checkpoints save the model as ``final/`` is saved), then ``final/``: full
-    weights, or the adapter (+ merged copy with ``lora.save_merged``). Returns the engine's final state."""
-    engine = Engine(
-        config, model, method, train_examples, eval_examples, tokenizer.pad_token_id,
-        save_model=lambda directory: save_model(model, tokenizer, directory, base_spec=config.model),
-        resolved_config=config_to_dict(config), callbacks=callbacks,
-    )
-    method.engine = engine  # methods that log or sample by step read engine.state
+class ModelFiles(Protocol):
+    """How a run writes its trained model(s) into a folder (checkpoints and final/ alike) and reads them back."""
+
+    def save(self, directory: Path, save_merged: bool = False) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+
+@dataclass
+class PolicyFiles:
+    """One policy: full weights, or the LoRA adapter (+ a merged copy in final/ with ``lora.save_merged``), loadable
+    by plain transformers / peft."""
+
+    model: Any
+    tokenizer: Any
+    base_spec: str
+
+    def save(self, directory: Path, save_merged: bool = False) -> None:
+        save_model(self.model, self.tokenizer, directory, save_merged=save_merged, base_spec=self.base_spec)
+
+    def load(self, directory: Path) -> None:
+        load_model_weights(self.model, directory)
+
+
+@dataclass
+class TrainingRun:
+    state: dict  # the engine's final trainer state (steps, stop reason)
+    evaluations: list[dict]  # every evaluation record of the run, the step-0 baseline first
+
+
+def train_and_save(config: PolicyTrainingConfig, model, tokenizer, method: Method, train_examples, eval_examples,
+                   callbacks=None, files: ModelFiles | None = None) -> TrainingRun:
+    """The engine loop for ``method`` (checkpoints save the model as ``final/`` is saved), then ``final/``."""
+    files = files or PolicyFiles(model, tokenizer, config.model)
+    engine = Engine(config, model, method, train_examples, eval_examples, tokenizer.pad_token_id,
+                    save_model=files.save, load_model=files.load, resolved_config=config_to_dict(config),
+                    callbacks=callbacks)
     state = engine.train()
-    save_model(model, tokenizer, Path(config.output_dir) / "final", save_merged=config.lora.save_merged,
-               base_spec=config.model)
-    return state
+    files.save(Path(config.output_dir) / "final", save_merged=config.lora.save_merged)
+    return TrainingRun(state, engine.evaluations)
 
 
-def run_summary(config: PolicyTrainingConfig, model, state: dict) -> dict:
-    """The head of evaluation.json: what ran, how far, on how many parameters."""
-    return {
+def evaluation_summary(config: PolicyTrainingConfig, model, run: TrainingRun, summarize: Callable[[dict], dict],
+                       count_name: str, baseline_names: tuple[str, ...] | None = None) -> dict:
+    """The body of evaluation.json: what ran, how far, on how many parameters; the figures ``summarize`` reads off
+    the last evaluation record (each with the number of held-out items as ``count_name``), and the same figures of
+    the step-0 evaluation as the baseline (only ``baseline_names`` when given)."""
+    result = {
         "method": config.method,
         "model": config.model,
         "final_model": str(Path(config.output_dir) / "final"),
-        "steps": state["step"],
-        "stopped": state["stopped"] or "completed",
+        "steps": run.state["step"],
+        "stopped": run.state["stopped"] or "completed",
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
         "metrics": {},
     }
-
-
-def read_log(output_dir: Path) -> list[dict]:
-    path = Path(output_dir) / "log_history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    if not run.evaluations:
+        return result
+    last, first = run.evaluations[-1], run.evaluations[0]
+    result["metrics"] = {name: {"value": value, count_name: last["eval_items"]}
+                         for name, value in summarize(last).items()}
+    if first["step"] == 0 and run.state["step"] > 0:
+        baseline = summarize(first)
+        result["baseline"] = {name: baseline[name] for name in baseline_names or baseline}
+    return result
 
 
 def check_eval_suite(config: PolicyTrainingConfig) -> None:

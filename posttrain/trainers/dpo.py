@@ -15,72 +15,83 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from posttrain.data import load_rows, normalize_rows
-from posttrain.data.preference import (
-    collate_pairs,
-    collate_pairs_packed,
-    count_sequences,
-    sequence_sums,
-    tokenize_pairs,
-)
-from posttrain.engine import LossOutput
+from posttrain.config import option
+from posttrain.data import load_examples, load_rows, normalize_rows
+from posttrain.data.preference import collate_pairs, collate_pairs_packed, count_sequences, sequence_sums
+from posttrain.engine import LossOutput, Method
 from posttrain.errors import ConfigError
 from posttrain.io import atomic_write_text
 from posttrain.math import kl_estimate
 from posttrain.math.preference import (
     LENGTH_NORMALISED_DPO,
-    PreferenceLoss,
     chosen_nll,
     dpo_loss,
     orpo_loss,
+    reward_metric_sums,
     simpo_loss,
 )
 from posttrain.models.forward import token_logps
 from posttrain.trainers.common import (
     PolicyTrainingConfig,
+    TrainingRun,
+    evaluation_summary,
     load_policy,
-    read_log,
-    run_summary,
     train_and_save,
     write_evaluation,
 )
-from posttrain.trainers.reference import ReferencePolicy, precompute_reference_logps
+from posttrain.trainers.reference import ReferencePolicy, precompute_reference_logps, reference_token_logps
 
 log = logging.getLogger(__name__)
-REFERENCE_FREE = {"simpo", "orpo"}
+# the reference-free methods' per-pair losses, from the summed log-probs and lengths of chosen and rejected
+REFERENCE_FREE_LOSSES = {
+    "simpo": lambda chosen, rejected, chosen_lengths, rejected_lengths, config: simpo_loss(
+        chosen, rejected, chosen_lengths, rejected_lengths, config.beta, config.gamma),
+    "orpo": lambda chosen, rejected, chosen_lengths, rejected_lengths, config: orpo_loss(
+        chosen, rejected, chosen_lengths, rejected_lengths, config.orpo_lambda),
+}
+SMOOTHED_DPO_LOSSES = ("robust", "cdpo")  # the loss types that read label_smoothing
 
 
 @dataclass
 class DPOConfig(PolicyTrainingConfig):
-    method: Literal["dpo", "simpo", "orpo"] = "dpo"
-    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "cdpo"] = "sigmoid"  # DPO only
-    beta: float = field(default=0.1, metadata={"min": 0})  # DPO beta / IPO tau / SimPO beta
-    label_smoothing: float = field(default=0.0, metadata={"min": 0, "max": 0.5})  # robust, cdpo: label-noise eps
-    rpo_alpha: float | None = field(default=None, metadata={"min": 0})  # DPO + alpha * NLL(chosen) (RPO)
-    gamma: float = field(default=0.5, metadata={"min": 0})  # SimPO target margin
-    orpo_lambda: float = field(default=0.1, metadata={"min": 0})  # ORPO weight of the odds-ratio term
-    precompute_ref_logps: bool = False  # score the data under pi_ref once, cache on disk, never load pi_ref again
-    # pairs back to back in a few rows, each prompt once, chosen and rejected as branches under a 4D mask (same log-probs)
-    pack_pairs: bool = True
-    ref_cache_dir: str | None = None  # default: $POSTTRAIN_CACHE/ref_logps
-    eval_generations: int = field(default=0, metadata={"min": 0})  # greedy answers to N eval prompts, before/after
-    max_new_tokens: int = field(default=64, metadata={"min": 1})  # for eval_generations
-    learning_rate: float = field(default=1e-6, metadata={"min": 0})
+    method: Literal["dpo", "simpo", "orpo"] = option("dpo", help="dpo (against a reference model), or the "
+                                                                 "reference-free simpo or orpo")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "cdpo"] = option(
+        "sigmoid", help="DPO's loss of the margin h (method dpo only): sigmoid (DPO), hinge, ipo, robust or cdpo "
+                        "(label noise)")
+    beta: float = option(0.1, min=0, help="DPO beta / IPO tau / SimPO beta: the scale of the implicit reward")
+    label_smoothing: float = option(0.0, min=0, max=0.5, help="robust, cdpo: the assumed share of flipped labels "
+                                                              "(epsilon)")
+    rpo_alpha: float | None = option(None, min=0, help="add alpha x NLL of the chosen completion to the DPO loss "
+                                                       "(RPO); None: no NLL term")
+    gamma: float = option(0.5, min=0, help="SimPO's target reward margin")
+    orpo_lambda: float = option(0.1, min=0, help="ORPO's weight of the odds-ratio term (added to the chosen NLL)")
+    precompute_ref_logps: bool = option(False, help="score the data under pi_ref once, cache it on disk, never load "
+                                                    "pi_ref again")
+    pack_pairs: bool = option(True, help="pairs back to back in a few rows, each prompt once, chosen and rejected as "
+                                         "branches under a 4D mask (same log-probs as padded rows, fewer positions)")
+    ref_cache_dir: str | None = option(None, help="folder of the precompute_ref_logps cache; None: "
+                                                  "$POSTTRAIN_CACHE/ref_logps")
+    eval_generations: int = option(0, min=0, help="greedy answers to the first N eval prompts, written before and "
+                                                  "after training; 0: none")
+    max_new_tokens: int = option(64, min=1, help="longest answer of eval_generations, in tokens")
+    learning_rate: float = option(1e-6, min=0, help="AdamW's peak learning rate, reached after warmup_steps")
 
 
-class PreferenceMethod:
+class PreferenceMethod(Method):
     """The loss the engine runs for B pairs: the method's per-pair losses summed, and metric sums over pairs."""
 
     def __init__(self, config: DPOConfig, reference: ReferencePolicy | None):
         self.config = config
         self.reference = reference
         self.collate = collate_pairs_packed if config.pack_pairs else collate_pairs
+        self.outputs = ("samples.jsonl",) if config.eval_generations else ()
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return count_sequences(batch) // 2
@@ -92,12 +103,11 @@ class PreferenceMethod:
         chosen_logps, rejected_logps = sequence_sums(stats.logps, mask, batch).chunk(2)
         chosen_lengths, rejected_lengths = lengths.chunk(2)
         metrics: dict[str, float] = {}
-        if config.method == "simpo":
-            out = simpo_loss(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths, config.beta, config.gamma)
-        elif config.method == "orpo":
-            out = orpo_loss(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths, config.orpo_lambda)
+        if config.method in REFERENCE_FREE_LOSSES:
+            out = REFERENCE_FREE_LOSSES[config.method](chosen_logps, rejected_logps, chosen_lengths, rejected_lengths,
+                                                       config)
         else:
-            ref_token_logps = self.reference_token_logps(model, batch)
+            ref_token_logps = reference_token_logps(self.reference, model, batch)
             ref_chosen_logps, ref_rejected_logps = sequence_sums(ref_token_logps, mask, batch).chunk(2)
             scores = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
             if config.loss_type in LENGTH_NORMALISED_DPO:
@@ -107,79 +117,45 @@ class PreferenceMethod:
                 out = out._replace(losses=out.losses + config.rpo_alpha * chosen_nll(chosen_logps, chosen_lengths))
             chosen_kl = sequence_sums(kl_estimate(stats.logps.detach(), ref_token_logps, "k3"), mask, batch).chunk(2)[0]
             metrics["kl/chosen"] = float((chosen_kl / chosen_lengths).sum())  # mean per token, summed over pairs
-        metrics.update(pair_metrics(out, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths))
+        metrics.update(reward_metric_sums(out.chosen_rewards, out.rejected_rewards))
+        metrics.update({
+            "logps/chosen": float(chosen_logps.detach().sum()),
+            "logps/rejected": float(rejected_logps.detach().sum()),
+            "length/chosen": float(chosen_lengths.sum()),
+            "length/rejected": float(rejected_lengths.sum()),
+        })
         return LossOutput(out.losses.sum(), metrics)
-
-    def reference_token_logps(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "ref_token_logps" in batch:  # precomputed
-            return batch["ref_token_logps"]
-        return self.reference.token_logps(model, batch)
-
-
-def pair_metrics(out: PreferenceLoss, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths) -> dict:
-    """Sums over the batch's pairs (the engine divides by the pair count). Accuracy counts a tie as half right, so a
-    model that has not moved from its reference scores 0.5, chance."""
-    margin = out.chosen_rewards - out.rejected_rewards
-    accuracy = (margin > 0).float() + 0.5 * (margin == 0).float()
-    return {
-        "rewards/chosen": float(out.chosen_rewards.sum()),
-        "rewards/rejected": float(out.rejected_rewards.sum()),
-        "rewards/margin": float(margin.sum()),
-        "rewards/accuracy": float(accuracy.sum()),
-        "logps/chosen": float(chosen_logps.detach().sum()),
-        "logps/rejected": float(rejected_logps.detach().sum()),
-        "length/chosen": float(chosen_lengths.sum()),
-        "length/rejected": float(rejected_lengths.sum()),
-    }
 
 
 def train_dpo(config: DPOConfig, callbacks=None) -> dict:
     """Run DPO / SimPO / ORPO end to end; returns the evaluation dict (also written to output_dir/evaluation.json)."""
+    if config.label_smoothing and (config.method != "dpo" or config.loss_type not in SMOOTHED_DPO_LOSSES):
+        raise ConfigError(f"label_smoothing={config.label_smoothing} is read only by method=dpo with loss_type "
+                          f"{' or '.join(SMOOTHED_DPO_LOSSES)} (got method={config.method}, loss_type={config.loss_type})")
     if config.loss_type == "robust" and config.label_smoothing >= 0.5:
         raise ConfigError("label_smoothing must be < 0.5 for loss_type=robust (the loss divides by 1 - 2 eps)")
     model, tokenizer = load_policy(config)
-    train_examples, eval_examples = load_pair_examples(config, tokenizer)
-    needs_reference = config.method not in REFERENCE_FREE
+    train_examples, eval_examples = load_examples(config.data, tokenizer, "pairs")
     reference = None
-    if needs_reference and config.precompute_ref_logps:
+    if config.method not in REFERENCE_FREE_LOSSES and config.precompute_ref_logps:
         # before the first update the policy *is* the reference: score with it, then never hold a second model
         settings = {"dtype": str(next(model.parameters()).dtype)}
         precompute_reference_logps(model, train_examples + eval_examples, tokenizer.pad_token_id,
                                    config.eval_batch_size, settings, config.ref_cache_dir)
-    elif needs_reference:
+    elif config.method not in REFERENCE_FREE_LOSSES:
         reference = ReferencePolicy(model)
     before = generate_answers(config, model, tokenizer) if config.eval_generations else None
-
     method = PreferenceMethod(config, reference)
-    state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
-    evaluation = preference_evaluation(config, model, state)
+    run = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
+    evaluation = preference_evaluation(config, model, run)
     if before is not None:
         evaluation["generations"] = compare_generations(config, before, generate_answers(config, model, tokenizer))
     return write_evaluation(config, evaluation, model, tokenizer)
 
 
-def load_pair_examples(config: DPOConfig, tokenizer):
-    data = config.data
-    if not data.path:
-        raise ConfigError("data.path is required: preference rows with prompt, chosen and rejected columns")
-    _, rows = normalize_rows(load_rows(data.path, data.split), data, ("preference",))
-    train, stats = tokenize_pairs(rows, tokenizer, data)
-    log.warning(stats.report("train"))
-    eval_examples = []
-    if data.eval_path or data.eval_split:
-        _, eval_rows = normalize_rows(load_rows(data.eval_path or data.path, data.eval_split), data, ("preference",))
-        eval_examples, eval_stats = tokenize_pairs(eval_rows, tokenizer, data)
-        log.warning(eval_stats.report("eval"))
-    return train, eval_examples
-
-
-def preference_evaluation(config, model, state: dict) -> dict:
+def preference_evaluation(config, model, run: TrainingRun) -> dict:
     """evaluation.json: held-out preference accuracy and margin, chosen-completion perplexity, KL to pi_ref; the
     step-0 evaluation is the baseline."""
-    evals = [r for r in read_log(config.output_dir) if "eval_loss" in r]
-    result = run_summary(config, model, state)
-    if not evals:
-        return result
 
     def summary(record: dict) -> dict:
         values = {
@@ -192,16 +168,12 @@ def preference_evaluation(config, model, state: dict) -> dict:
             values["kl_chosen"] = record["eval_kl/chosen"]
         return values
 
-    last, first = evals[-1], evals[0]
-    result["metrics"] = {name: {"value": value, "n_pairs": last["eval_items"]} for name, value in summary(last).items()}
-    if first["step"] == 0 and state["step"] > 0:
-        result["baseline"] = summary(first)
-    return result
+    return evaluation_summary(config, model, run, summary, "n_pairs")
 
 
 def generate_answers(config: DPOConfig, model, tokenizer) -> list[dict]:
     """Greedy answers to the first ``eval_generations`` eval prompts (the behaviour the pairs reward, observed)."""
-    from posttrain.generation import generate
+    from posttrain.rollout.generate import generate
 
     data = config.data
     rows = load_rows(data.eval_path or data.path, data.eval_split or data.split)

@@ -14,44 +14,46 @@ Algorithm (for each optimizer step, on B examples):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from posttrain.data import load_rows, normalize_rows
-from posttrain.data.preference import collate_unpaired, tokenize_unpaired
-from posttrain.engine import LossOutput
-from posttrain.errors import ConfigError
+from posttrain.config import option
+from posttrain.data import load_examples
+from posttrain.data.preference import collate_unpaired
+from posttrain.engine import LossOutput, Method
 from posttrain.math import masked_sum
 from posttrain.math.preference import kto_loss, kto_reference_point
 from posttrain.models.forward import token_logps
 from posttrain.trainers.common import (
     PolicyTrainingConfig,
+    TrainingRun,
+    evaluation_summary,
     load_policy,
-    read_log,
-    run_summary,
     train_and_save,
     write_evaluation,
 )
-from posttrain.trainers.reference import ReferencePolicy, precompute_reference_logps
+from posttrain.trainers.reference import ReferencePolicy, precompute_reference_logps, reference_token_logps
 
 log = logging.getLogger(__name__)
-ACCEPTED_FORMATS = ("unpaired", "preference")
 
 
 @dataclass
 class KTOConfig(PolicyTrainingConfig):
-    method: Literal["kto"] = "kto"
-    beta: float = field(default=0.1, metadata={"min": 0})
-    desirable_weight: float = field(default=1.0, metadata={"min": 0})  # lambda_D
-    undesirable_weight: float = field(default=1.0, metadata={"min": 0})  # lambda_U
-    precompute_ref_logps: bool = False
-    ref_cache_dir: str | None = None
-    learning_rate: float = field(default=1e-6, metadata={"min": 0})
+    method: Literal["kto"] = option("kto", help="Kahneman-Tversky optimization on unpaired completions labelled "
+                                                "desirable or undesirable")
+    beta: float = option(0.1, min=0, help="scale of the implicit reward log pi/pi_ref inside the value function")
+    desirable_weight: float = option(1.0, min=0, help="lambda_D: the loss weight of desirable completions")
+    undesirable_weight: float = option(1.0, min=0, help="lambda_U: the loss weight of undesirable completions")
+    precompute_ref_logps: bool = option(False, help="score the data under pi_ref once, cache it on disk, never load "
+                                                    "pi_ref again")
+    ref_cache_dir: str | None = option(None, help="folder of the precompute_ref_logps cache; None: "
+                                                  "$POSTTRAIN_CACHE/ref_logps")
+    learning_rate: float = option(1e-6, min=0, help="AdamW's peak learning rate, reached after warmup_steps")
 
 
-class KTOMethod:
+class KTOMethod(Method):
     """Batches hold B matched rows (x_i, y_i) then B mismatched rows (x_i, y'_i)."""
 
     collate = staticmethod(collate_unpaired)
@@ -63,14 +65,14 @@ class KTOMethod:
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["desirable"].shape[0]
 
-    def prepare_step(self, model, micro_batches: list[dict[str, torch.Tensor]]) -> None:
+    def prepare_step(self, model, micro_batches: list[dict[str, torch.Tensor]], step: int) -> None:
         """z0 over the whole optimizer step (all micro-batches), stored in each batch."""
         with torch.no_grad():
             log_ratios = []
             for batch in micro_batches:
                 mismatched = half(batch, second=True)
                 logps, mask = token_logps(model, mismatched)
-                log_ratios.append(masked_sum(logps.logps - self.reference_token_logps(model, mismatched), mask, -1))
+                log_ratios.append(masked_sum(logps.logps - reference_token_logps(self.reference, model, mismatched), mask, -1))
             reference_point = kto_reference_point(torch.cat(log_ratios), torch.zeros(()))
         for batch in micro_batches:
             batch["kl_reference_point"] = reference_point
@@ -79,7 +81,7 @@ class KTOMethod:
         matched = half(batch, second=False)
         stats, mask = token_logps(model, matched)
         logps = masked_sum(stats.logps, mask, -1)
-        ref_logps = masked_sum(self.reference_token_logps(model, matched), mask, -1)
+        ref_logps = masked_sum(reference_token_logps(self.reference, model, matched), mask, -1)
         desirable = batch["desirable"]
         out = kto_loss(logps, ref_logps, desirable, batch["kl_reference_point"], self.config.beta,
                        self.config.desirable_weight, self.config.undesirable_weight)
@@ -92,11 +94,6 @@ class KTOMethod:
             "count/undesirable": float((~desirable).sum()),
         }
         return LossOutput(out.losses.sum(), metrics)
-
-    def reference_token_logps(self, model, rows: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "ref_token_logps" in rows:  # precomputed
-            return rows["ref_token_logps"]
-        return self.reference.token_logps(model, rows)
 
 
 ROW_KEYS = ("input_ids", "attention_mask", "loss_mask", "ref_token_logps")
@@ -112,7 +109,9 @@ def half(batch: dict[str, torch.Tensor], second: bool) -> dict[str, torch.Tensor
 def train_kto(config: KTOConfig, callbacks=None) -> dict:
     """Run KTO end to end; returns the evaluation dict (also written to output_dir/evaluation.json)."""
     model, tokenizer = load_policy(config)
-    train_examples, eval_examples = load_unpaired_examples(config, tokenizer)
+    train_examples, eval_examples = load_examples(config.data, tokenizer, "unpaired")
+    desirable = sum(e.desirable for e in train_examples)
+    log.warning("KTO train: %d desirable, %d undesirable examples", desirable, len(train_examples) - desirable)
     reference = None
     if config.precompute_ref_logps:
         settings = {"dtype": str(next(model.parameters()).dtype)}
@@ -120,31 +119,13 @@ def train_kto(config: KTOConfig, callbacks=None) -> dict:
                                    config.eval_batch_size, settings, config.ref_cache_dir)
     else:
         reference = ReferencePolicy(model)
-    method = KTOMethod(config, reference)
-    state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
-    return write_evaluation(config, kto_evaluation(config, model, state), model, tokenizer)
+    run = train_and_save(config, model, tokenizer, KTOMethod(config, reference), train_examples, eval_examples,
+                         callbacks)
+    return write_evaluation(config, kto_evaluation(config, model, run), model, tokenizer)
 
 
-def load_unpaired_examples(config: KTOConfig, tokenizer):
-    data = config.data
-    if not data.path:
-        raise ConfigError("data.path is required: rows with prompt, completion and label (or prompt, chosen, rejected)")
-    fmt, rows = normalize_rows(load_rows(data.path, data.split), data, ACCEPTED_FORMATS)
-    train, _ = tokenize_unpaired(rows, fmt, tokenizer, data)
-    eval_examples = []
-    if data.eval_path or data.eval_split:
-        eval_fmt, eval_rows = normalize_rows(load_rows(data.eval_path or data.path, data.eval_split), data,
-                                             ACCEPTED_FORMATS)
-        eval_examples, _ = tokenize_unpaired(eval_rows, eval_fmt, tokenizer, data)
-    kinds = sum(e.desirable for e in train)
-    log.warning("KTO train: %d desirable, %d undesirable examples", kinds, len(train) - kinds)
-    return train, eval_examples
-
-
-def kto_evaluation(config: KTOConfig, model, state: dict) -> dict:
+def kto_evaluation(config: KTOConfig, model, run: TrainingRun) -> dict:
     """evaluation.json: held-out mean implicit reward of desirable and undesirable examples and their gap."""
-    evals = [r for r in read_log(config.output_dir) if "eval_loss" in r]
-    result = run_summary(config, model, state)
 
     def summary(record: dict) -> dict:
         desirable = record["eval_rewards/desirable_sum"] / max(record["eval_count/desirable"], 1e-12)
@@ -152,8 +133,4 @@ def kto_evaluation(config: KTOConfig, model, state: dict) -> dict:
         return {"loss": record["eval_loss"], "reward_desirable": desirable, "reward_undesirable": undesirable,
                 "reward_gap": desirable - undesirable, "kl": record["eval_kl"]}
 
-    if evals:
-        result["metrics"] = {k: {"value": v, "n_examples": evals[-1]["eval_items"]} for k, v in summary(evals[-1]).items()}
-        if evals[0]["step"] == 0 and state["step"] > 0:
-            result["baseline"] = summary(evals[0])
-    return result
+    return evaluation_summary(config, model, run, summary, "n_examples")

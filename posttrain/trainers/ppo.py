@@ -25,25 +25,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from posttrain.config import option
+from posttrain.engine import LossOutput
 from posttrain.engine.checkpoint import load_model_weights
-from posttrain.config import config_to_dict
-from posttrain.data.preference import collate_sequences
-from posttrain.engine import Engine, LossOutput
 from posttrain.errors import ConfigError
-from posttrain.io import atomic_dir, atomic_write_text
+from posttrain.io import atomic_dir
 from posttrain.math import (
     adaptive_kl_coef,
-    approximate_kl,
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
+    kl_estimate,
     kl_penalized_rewards,
     masked_mean,
     masked_sum,
@@ -53,20 +52,19 @@ from posttrain.math import (
 )
 from posttrain.models.forward import causal_lm, hidden_states, logps_from_hidden
 from posttrain.models.lora import is_peft_model
-from posttrain.models.reward import RewardModelScorer, load_reward_model
+from posttrain.models.reward_model import load_reward_model
 from posttrain.models.saving import save_model
-from posttrain.rollout import chat_prompts, sample
-from posttrain.tasks.rewards import build_reward
-from posttrain.trainers.common import load_policy, log_trainable, write_evaluation
+from posttrain.rollout.rewards import RewardModelScorer
+from posttrain.trainers.common import log_trainable
 from posttrain.trainers.reference import ReferencePolicy
 from posttrain.trainers.rl import (
     OnlineRLConfig,
-    PromptExample,
-    greedy_evaluation,
-    load_problems,
-    prompt_batch,
-    rl_evaluation,
-    rollout_params,
+    OnlineRLMethod,
+    OnlineRLSetup,
+    load_online_rl,
+    rollout_metrics,
+    rollout_seed,
+    train_online,
 )
 
 log = logging.getLogger(__name__)
@@ -74,33 +72,47 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PPOConfig(OnlineRLConfig):
-    method: Literal["ppo"] = "ppo"
-    reward_model: str | None = None  # a reward model folder (a reward run's final/), added to `rewards` at weight 1
-    value_model: str | None = None  # a folder to start the critic from; None: value_init decides
-    value_init: Literal["reward", "policy"] = "reward"  # the reward model's weights, or the policy's (new head)
-    shared_value_head: bool = False  # a value head on the policy's decoder instead of a separate value model
-    batch_size: int = field(default=8, metadata={"min": 1})  # prompts per micro-batch of a rollout
-    ppo_epochs: int = field(default=4, metadata={"min": 1})
-    num_minibatches: int = field(default=1, metadata={"min": 1})
-    gamma: float = field(default=1.0, metadata={"min": 0, "max": 1})
-    gae_lambda: float = field(default=0.95, metadata={"min": 0, "max": 1})
-    cliprange: float = field(default=0.2, metadata={"min": 0})
-    cliprange_value: float | None = field(default=0.2, metadata={"min": 0})  # None: unclipped value loss
-    vf_coef: float = field(default=0.1, metadata={"min": 0})
-    value_learning_rate: float | None = field(default=None, metadata={"min": 0})  # the critic's own; None: learning_rate
-    entropy_coef: float = field(default=0.0, metadata={"min": 0})
-    kl_coef: float = field(default=0.05, metadata={"min": 0})  # beta of r_t = s_t - beta kl_t (initial, if adaptive)
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    target_kl: float | None = field(default=None, metadata={"min": 0})  # adaptive KL control toward this sequence KL
-    kl_horizon: float = field(default=10000.0, metadata={"min": 1})
-    kl_stop: float | None = field(default=None, metadata={"min": 0})  # stop a rollout's epochs above this approx KL
-    reward_mode: Literal["sparse", "dense"] = "sparse"
-    missing_eos_penalty: float | None = field(default=None, metadata={"min": 0})  # subtracted from s without EOS
-    whiten_rewards: bool = False  # scale the rollout's scores to unit variance (their mean kept)
-    reward_clip: float | None = field(default=None, metadata={"min": 0})  # s clipped to [-c, c]
-    learning_rate: float = field(default=3e-6, metadata={"min": 0})
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    logging_steps: int = field(default=1, metadata={"min": 1})
+    method: Literal["ppo"] = option("ppo", help="PPO with a critic (value model), GAE and a KL penalty in the reward")
+    reward_model: str | None = option(None, help="a reward model folder (a reward run's final/), added to rewards at "
+                                                 "weight 1; None: rewards only")
+    value_model: str | None = option(None, help="a folder to start the critic from; None: value_init decides")
+    value_init: Literal["reward", "policy"] = option(
+        "reward", help="the critic starts from the reward model's weights, or from the policy's (with a new head)")
+    shared_value_head: bool = option(False, help="a value head on the policy's decoder instead of a separate value "
+                                                 "model")
+    batch_size: int = option(8, min=1, help="prompts per micro-batch of a rollout")
+    ppo_epochs: int = option(4, min=1, help="passes over each rollout")
+    num_minibatches: int = option(1, min=1, help="minibatches per pass, each one optimizer step")
+    gamma: float = option(1.0, min=0, max=1, help="GAE's discount per token")
+    gae_lambda: float = option(0.95, min=0, max=1, help="GAE's lambda: 0 one-step TD, 1 Monte Carlo returns")
+    cliprange: float = option(0.2, min=0, help="clip of the ratio pi / pi_old to [1 - cliprange, 1 + cliprange]")
+    cliprange_value: float | None = option(0.2, min=0, help="clip of the value update V - V_old to +-cliprange_value; "
+                                                            "None: unclipped value loss")
+    vf_coef: float = option(0.1, min=0, help="weight of the value loss")
+    value_learning_rate: float | None = option(None, min=0, help="the critic's own learning rate; None: learning_rate")
+    entropy_coef: float = option(0.0, min=0, help="weight of the entropy bonus")
+    kl_coef: float = option(0.05, min=0, help="beta of r_t = s_t - beta kl_t (the initial one, when target_kl makes it "
+                                              "adaptive)")
+    kl_estimator: Literal["k1", "k2", "k3"] = option("k1", help="estimator of KL(pi || pi_ref) per token in the reward "
+                                                                "(Schulman 2020)")
+    target_kl: float | None = option(None, min=0, help="adaptive KL control of kl_coef toward this sequence KL "
+                                                       "(Ziegler et al. 2019); None: fixed kl_coef")
+    kl_horizon: float = option(10000.0, min=1, help="horizon of the adaptive KL controller: larger adapts kl_coef more "
+                                                    "slowly")
+    kl_stop: float | None = option(None, min=0, help="skip a rollout's remaining updates once an update's approximate "
+                                                     "KL to pi_old exceeds this; None: never")
+    reward_mode: Literal["sparse", "dense"] = option(
+        "sparse", help="sparse: the score on the last completion token; dense: score / length on every completion "
+                       "token")
+    missing_eos_penalty: float | None = option(None, min=0, help="subtracted from the score of a completion without "
+                                                                 "EOS; None: no penalty")
+    whiten_rewards: bool = option(False, help="scale the rollout's scores to unit variance (their mean kept)")
+    reward_clip: float | None = option(None, min=0, help="clip the score to [-c, c]; None: no clipping")
+    learning_rate: float = option(3e-6, min=0, help="AdamW's peak learning rate, reached after warmup_steps")
+    lr_schedule: Literal["constant", "linear", "cosine"] = option(
+        "constant", help="after warmup: constant, or a linear or cosine decay to 0 at the last step")
+    logging_steps: int = option(1, min=1, help="optimizer steps per log_history.jsonl record (loss and metrics "
+                                               "averaged over them); the last step is always logged")
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -123,39 +135,51 @@ class PolicyAndValue(torch.nn.Module):
         values = head(hidden[:, :-1]).squeeze(-1).float()
         return stats, values * mask, mask
 
-    def save(self, directory: Path, tokenizer, base_spec: str, save_merged: bool = False) -> None:
-        """The policy as ``final/`` is saved (loadable by transformers / peft), the critic beside it."""
-        save_model(self.policy, tokenizer, directory, save_merged=save_merged, base_spec=base_spec)
-        if self.value_head is not None:
-            save_file({k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()},
-                      Path(directory) / "value_head.safetensors")
-        else:  # a sequence-scoring model: `value_model: <this folder>` starts a later run from it
-            save_model(self.value_model, tokenizer, Path(directory) / "value_model")
+
+@dataclass
+class PolicyAndValueFiles:
+    """The policy as ``final/`` is saved (loadable by transformers / peft), the critic beside it: ``value_head``
+    safetensors, or a ``value_model/`` folder that ``value_model: <folder>`` starts a later run from."""
+
+    model: PolicyAndValue
+    tokenizer: Any
+    base_spec: str
+
+    def save(self, directory: Path, save_merged: bool = False) -> None:
+        with atomic_dir(directory) as tmp:
+            save_model(self.model.policy, self.tokenizer, tmp, save_merged=save_merged, base_spec=self.base_spec)
+            if self.model.value_head is not None:
+                save_file({k: v.detach().contiguous() for k, v in self.model.value_head.state_dict().items()},
+                          tmp / "value_head.safetensors")
+            else:
+                save_model(self.model.value_model, self.tokenizer, tmp / "value_model")
 
     def load(self, directory: Path) -> None:
-        load_model_weights(self.policy, directory)
-        if self.value_head is not None:
-            self.value_head.load_state_dict(load_file(Path(directory) / "value_head.safetensors"))
+        load_model_weights(self.model.policy, directory)
+        if self.model.value_head is not None:
+            self.model.value_head.load_state_dict(load_file(Path(directory) / "value_head.safetensors"))
         else:
-            load_model_weights(self.value_model, Path(directory) / "value_model")
+            load_model_weights(self.model.value_model, Path(directory) / "value_model")
 
 
-class PPOMethod:
-    """Rollout, rewards and GAE in ``prepare_step`` (every ppo_epochs x num_minibatches steps); the clipped policy
-    and value losses of one minibatch in ``loss``."""
+class PPOMethod(OnlineRLMethod):
+    """Steps 1-5 in ``prepare_step`` (every ppo_epochs x num_minibatches steps), step 6 for one minibatch in
+    ``loss``, step 7 in ``after_update``."""
 
-    collate = staticmethod(prompt_batch)
+    outputs = ("samples.jsonl", "ppo_metrics.jsonl")
 
-    def __init__(self, config: PPOConfig, tokenizer, train_problems, eval_problems, reward, task, reference):
-        self.config, self.tokenizer, self.reward, self.task, self.reference = config, tokenizer, reward, task, reference
-        self.train_problems, self.eval_problems = train_problems, eval_problems
-        self.sampling = rollout_params(config)
+    def __init__(self, config: PPOConfig, tokenizer, setup: OnlineRLSetup, reference: ReferencePolicy | None):
+        super().__init__(config, tokenizer, setup)
+        self.reference = reference
         self.kl_coef = config.kl_coef
         self.rollout_rows: dict[str, torch.Tensor] | None = None
         self.schedule: list[torch.Tensor] = []  # the minibatch row indices still to train on, in order
-        self.engine: Engine | None = None
         self.stats: dict[str, float] = {}
         self.rollout_stats: dict[str, float] = {}
+        self.last_update: dict[str, float] = {}
+
+    def policy(self, model):
+        return model.policy
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["loss_mask"][:, 1:].sum()) if "loss_mask" in batch else 0
@@ -169,11 +193,9 @@ class PPOMethod:
         return {id(p): self.config.value_learning_rate for p in critic.parameters()}
 
     # --------------------------------------------------------------------------------- steps 1-5: the rollout
-    def prepare_step(self, model, micro_batches: list[dict[str, torch.Tensor]]) -> None:
-        if self.rollout_rows is None:
-            self.restore_state()
+    def prepare_step(self, model, micro_batches: list[dict[str, torch.Tensor]], step: int) -> None:
         if not self.schedule:
-            self.rollout(model, torch.cat([b["example_index"] for b in micro_batches]))
+            self.rollout(model, torch.cat([b["example_index"] for b in micro_batches]), step)
         rows = self.schedule.pop(0)
         for batch, chunk in zip(micro_batches, rows.tensor_split(len(micro_batches))):
             batch.clear()
@@ -182,46 +204,32 @@ class PPOMethod:
         self.train_started = time.perf_counter()
 
     @torch.no_grad()
-    def rollout(self, model, example_index: torch.Tensor) -> None:
-        config, policy = self.config, model.policy
-        problems = [self.train_problems[i] for i in example_index.tolist()]
-        step = self.engine.state["step"] if self.engine else 0
-        policy.eval()
-        self.sampling.seed = config.seed * 1_000_003 + step
-        rollout = sample(policy, self.tokenizer, [self.prompt_ids[i] for i in example_index.tolist()], self.sampling)
-        policy.train()
-        raw_scores, per_function = self.reward([p.prompt for p in problems], rollout.texts, problems)
-        scores = self.shaped_scores(torch.tensor(raw_scores), rollout.truncated)
-
-        lengths = rollout.completion_mask.sum(-1)
-        sequences = [(rollout.prompt_ids[i], rollout.completion_ids[i, : lengths[i]].tolist()) for i in range(len(scores))]
-        device = next(model.parameters()).device
-        rows = {k: v.to(device) for k, v in collate_sequences(sequences, self.tokenizer.pad_token_id).items()}
+    def rollout(self, model, example_index: torch.Tensor, step: int) -> None:
+        config = self.config
+        scored = self.sample_and_score(model, example_index, step)
+        rows = scored.rows
+        scores = self.shaped_scores(scored.rewards, scored.rollout.truncated)
         old, old_values, mask = model(rows, config.temperature)
-        ref_logps = self.reference.token_logps(policy, rows, config.temperature) if self.reference else old.logps
-        token_scores = token_level_scores(scores.to(device), mask, config.reward_mode)
+        ref_logps = self.reference.token_logps(model.policy, rows, config.temperature) if self.reference else old.logps
+        token_scores = token_level_scores(scores.to(mask.device), mask, config.reward_mode)
         rewards, kl = kl_penalized_rewards(token_scores, old.logps, ref_logps, mask, self.kl_coef, config.kl_estimator)
         advantages, returns = token_gae(rewards, old_values, mask, config.gamma, config.gae_lambda)
         rows.update(old_logps=old.logps, old_values=old_values, returns=returns, advantages=whiten(advantages, mask))
         self.rollout_rows = rows
 
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        self.schedule = [minibatch.to(device) for _ in range(config.ppo_epochs)
+        generator = torch.Generator().manual_seed(rollout_seed(config.seed, step))
+        self.schedule = [minibatch.to(mask.device) for _ in range(config.ppo_epochs)
                          for minibatch in torch.randperm(len(scores), generator=generator).tensor_split(
                              config.num_minibatches)]
         sequence_kl = masked_sum(kl, mask, -1)
         self.rollout_stats = {
-            "reward": float(torch.tensor(raw_scores).mean()), "reward_std": float(torch.tensor(raw_scores).std(unbiased=False)),
-            **{f"reward/{name}": sum(v) / len(v) for name, v in per_function.items()},
+            **rollout_metrics(scored),
             "score": float(scores.mean()), "reward_with_kl": float(masked_sum(rewards, mask, -1).mean()),
             "non_score_reward": float(-self.kl_coef * sequence_kl.mean()), "kl": float(sequence_kl.mean()),
             "kl_coef": self.kl_coef, "advantage_mean": float(masked_mean(advantages, mask)),
             "advantage_std": float(masked_mean((advantages - masked_mean(advantages, mask)) ** 2, mask).sqrt()),
             "value_mean": float(masked_mean(old_values, mask)), "return_mean": float(masked_mean(returns, mask)),
             "explained_variance": explained_variance(old_values, returns, mask),
-            "completion_length": float(lengths.float().mean()), "completion_length_max": float(lengths.max()),
-            "truncated_fraction": float(rollout.truncated.float().mean()), "generation_s": rollout.generation_time_s,
-            "generation_tokens_per_s": rollout.num_generated_tokens / max(rollout.generation_time_s, 1e-9),
         }
         self.cycle = {"updates": 0, "early_stopped": 0}
 
@@ -244,87 +252,70 @@ class PPOMethod:
         value_loss, value_clipped = clipped_value_loss(values, batch["old_values"], batch["returns"],
                                                        config.cliprange_value)
         token_losses = policy.loss + config.vf_coef * value_loss - config.entropy_coef * stats.entropy
+        # approx_kl: KL(pi_old || pi) by k2 on tokens sampled from pi_old, how far this update moved the policy
         for name, value in (("policy_loss", policy.loss), ("value_loss", value_loss), ("entropy", stats.entropy),
                             ("clip_fraction", policy.clipped.float()), ("value_clip_fraction", value_clipped.float()),
-                            ("approx_kl", approximate_kl(stats.logps, batch["old_logps"])), ("tokens", 1.0)):
+                            ("approx_kl", kl_estimate(batch["old_logps"], stats.logps, "k2")), ("tokens", 1.0)):
             value = value if isinstance(value, float) else value.detach()
             self.stats[name] = self.stats.get(name, 0.0) + float(masked_sum(torch.as_tensor(value), mask))
         return LossOutput(masked_sum(token_losses, mask))
 
     def step_metrics(self) -> dict[str, float]:
-        """This update's token means, the rollout's figures; ends the rollout (step 7) after its last update or
-        when the approximate KL passes kl_stop."""
+        """This update's token means, beside the rollout's figures."""
         tokens = max(self.stats.pop("tokens", 0.0), 1.0)
-        update = {name: value / tokens for name, value in self.stats.items()}
+        self.last_update = {name: value / tokens for name, value in self.stats.items()}
         self.stats = {}
         train_s = time.perf_counter() - self.train_started
         self.cycle["updates"] += 1
-        for name, value in update.items():
+        for name, value in self.last_update.items():
             self.cycle[name] = self.cycle.get(name, 0.0) + value
-        if self.config.kl_stop is not None and update.get("approx_kl", 0.0) > self.config.kl_stop and self.schedule:
-            log.warning("step %d: approx KL %.4f > kl_stop %.4f: the rollout's remaining %d updates are skipped",
-                        self.engine.state["step"] + 1, update["approx_kl"], self.config.kl_stop, len(self.schedule))
-            self.schedule, self.cycle["early_stopped"] = [], 1
-        metrics = dict(self.rollout_stats, **update, training_s=train_s, training_tokens_per_s=tokens / max(train_s, 1e-9))
-        if not self.schedule:
-            self.end_rollout()
-        return metrics
+        return dict(self.rollout_stats, **self.last_update, training_s=train_s,
+                    training_tokens_per_s=tokens / max(train_s, 1e-9))
 
-    def end_rollout(self) -> None:
-        """Step 7, and one line of ppo_metrics.jsonl: the rollout's figures and the mean over its updates."""
+    # --------------------------------------------------------------------------------- step 7: after an update
+    def after_update(self, step: int) -> None:
+        """The rollout ends after its last update, or early when the approximate KL passes kl_stop: adapt kl_coef
+        and write the rollout's line of ppo_metrics.jsonl."""
+        kl_stop, approx_kl = self.config.kl_stop, self.last_update.get("approx_kl", 0.0)
+        if kl_stop is not None and approx_kl > kl_stop and self.schedule:
+            log.warning("step %d: approx KL %.4f > kl_stop %.4f: the rollout's remaining %d updates are skipped",
+                        step, approx_kl, kl_stop, len(self.schedule))
+            self.schedule, self.cycle["early_stopped"] = [], 1
+        if not self.schedule:
+            self.end_rollout(step)
+
+    def end_rollout(self, step: int) -> None:
         config, updates = self.config, self.cycle.pop("updates")
-        record = {"step": self.engine.state["step"] + 1, **self.rollout_stats, "updates": updates,
+        record = {"step": step, **self.rollout_stats, "updates": updates,
                   **{name: value / updates if name != "early_stopped" else value for name, value in self.cycle.items()}}
         if config.target_kl is not None:
             self.kl_coef = adaptive_kl_coef(self.kl_coef, self.rollout_stats["kl"], config.target_kl, config.kl_horizon,
                                             len(self.rollout_rows["input_ids"]))
-        self.engine.state["ppo"] = {"kl_coef": self.kl_coef}  # saved with every checkpoint
         with open(Path(config.output_dir) / "ppo_metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def restore_state(self) -> None:
-        """After a resume: the adapted kl_coef, and ppo_metrics.jsonl cut back to the checkpoint. A rollout cut by the
-        checkpoint is not restored: training goes on with a fresh one."""
-        state = self.engine.state
-        self.kl_coef = state.get("ppo", {}).get("kl_coef", self.kl_coef)
-        path = Path(self.config.output_dir) / "ppo_metrics.jsonl"
-        if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= state["step"]]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+    # ------------------------------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        """The adapted kl_coef. A rollout cut by a checkpoint is not saved: a resumed run goes on with a fresh one."""
+        return {"kl_coef": self.kl_coef}
 
-    def evaluate(self, model) -> dict[str, float]:
-        step = self.engine.state["step"] if self.engine and hasattr(self.engine, "state") else 0
-        return greedy_evaluation(self.config, model.policy, self.tokenizer, self.eval_prompt_ids, self.eval_problems,
-                                 self.reward, self.task, step)
+    def load_state_dict(self, state: dict, step: int) -> None:
+        self.kl_coef = state.get("kl_coef", self.kl_coef)
 
 
 # ------------------------------------------------------------------------------------------------------ set-up
 def train_ppo(config: PPOConfig, callbacks=None) -> dict:
     """Run PPO end to end; returns the evaluation dict (also in output_dir/evaluation.json)."""
-    policy, tokenizer = load_policy(config)
-    task, train_problems, eval_problems = load_problems(config)
-    reward = build_reward(reward_specs(config, task), task)
-    note_reward_tokenizers(reward, tokenizer)
-    reference = ReferencePolicy(policy) if config.kl_coef > 0 or config.target_kl is not None else None
-    model = PolicyAndValue(policy, *build_critic(config, policy, tokenizer))
-    method = PPOMethod(config, tokenizer, train_problems, eval_problems, reward, task, reference)
-    method.prompt_ids = chat_prompts(tokenizer, [p.prompt for p in train_problems])
-    method.eval_prompt_ids = chat_prompts(tokenizer, [p.prompt for p in eval_problems])
     rollout_size = config.batch_size * config.grad_accum_steps
     if config.num_minibatches > rollout_size:
         raise ConfigError(f"num_minibatches={config.num_minibatches} exceeds the {rollout_size} completions of a "
                           "rollout (batch_size x grad_accum_steps)")
-    engine = Engine(
-        config, model, method, [PromptExample(ids, i) for i, ids in enumerate(method.prompt_ids)],
-        [PromptExample(ids, i) for i, ids in enumerate(method.eval_prompt_ids)], tokenizer.pad_token_id,
-        save_model=lambda directory: model.save(directory, tokenizer, config.model), load_model=model.load,
-        resolved_config=config_to_dict(config), callbacks=callbacks,
-    )
-    method.engine = engine
-    state = engine.train()
-    with atomic_dir(Path(config.output_dir) / "final") as tmp:
-        model.save(tmp, tokenizer, config.model, save_merged=config.lora.save_merged)
-    return write_evaluation(config, rl_evaluation(config, policy, state), policy, tokenizer)
+    policy, tokenizer, setup = load_online_rl(config, reward_specs=lambda task: reward_specs(config, task))
+    note_reward_tokenizers(setup.reward, tokenizer)
+    reference = ReferencePolicy(policy) if config.kl_coef > 0 or config.target_kl is not None else None
+    model = PolicyAndValue(policy, *build_critic(config, policy, tokenizer))
+    method = PPOMethod(config, tokenizer, setup, reference)
+    return train_online(config, model, tokenizer, method, callbacks, PolicyAndValueFiles(model, tokenizer, config.model))
 
 
 def reward_specs(config: PPOConfig, task) -> list[dict]:

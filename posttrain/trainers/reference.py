@@ -18,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from posttrain.data.preference import collate_sequences
+from posttrain.data.batching import collate_sequences
 from posttrain.io import atomic_dir
 from posttrain.models.forward import token_logps
 from posttrain.models.lora import adapters_disabled, is_peft_model
@@ -49,6 +49,14 @@ class ReferencePolicy:
             return token_logps(self.frozen, batch, temperature=temperature)[0].logps
         with adapters_disabled(policy):
             return token_logps(policy, batch, temperature=temperature)[0].logps
+
+
+def reference_token_logps(reference: ReferencePolicy | None, policy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log pi_ref per token for ``batch``: the cached values when the batch carries them (``precompute_ref_logps``),
+    else computed by ``reference``."""
+    if "ref_token_logps" in batch:
+        return batch["ref_token_logps"]
+    return reference.token_logps(policy, batch)
 
 
 def frozen_copy(model):

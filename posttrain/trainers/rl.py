@@ -1,41 +1,64 @@
-"""What the online RL trainers (GRPO / RLOO / REINFORCE, PPO) share: prompts as engine examples, where problems come
-from, the greedy held-out evaluation with its samples.jsonl, and evaluation.json."""
+"""The online RL layer that GRPO / RLOO / REINFORCE and PPO share (and the online preference and on-policy
+distillation trainers to come):
+
+    prompts -> rollout (seeded by step) -> rewards -> token rows on the device -> [the method: advantages, loss]
+
+plus where problems come from, what every method logs about a rollout, the greedy held-out evaluation with its
+samples.jsonl, and evaluation.json. A trainer keeps only its algorithm: how advantages are estimated and its loss.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
-from posttrain.data import load_rows
+from posttrain.config import option
+from posttrain.data import collate_sequences, load_rows
+from posttrain.engine import Method
 from posttrain.errors import ConfigError
-from posttrain.rollout import SamplingParams, sample
+from posttrain.rollout import Rollout, SamplingParams, chat_prompts, sample
+from posttrain.rollout.rewards import build_reward
 from posttrain.tasks import Problem, get_task
-from posttrain.trainers.common import PolicyTrainingConfig, read_log, run_summary
+from posttrain.trainers.common import (
+    ModelFiles,
+    PolicyTrainingConfig,
+    evaluation_summary,
+    load_policy,
+    train_and_save,
+    write_evaluation,
+)
 
 
 @dataclass
 class OnlineRLConfig(PolicyTrainingConfig):
     """Prompts, rewards and sampling: the part of an online RL config that is not the algorithm."""
 
-    task: str = "arithmetic"  # where prompts (and the default reward) come from, unless data.path is set
-    task_options: dict[str, Any] = field(default_factory=dict)
-    rewards: list[dict[str, Any]] = field(default_factory=list)  # [{name: task} | {function: "mod:fn"} | {model: dir}]
-    num_train_prompts: int = field(default=2000, metadata={"min": 1})
-    num_eval_prompts: int = field(default=200, metadata={"min": 0})
-    max_new_tokens: int = field(default=64, metadata={"min": 1})
-    temperature: float = field(default=1.0, metadata={"min": 0.01})
-    top_p: float = field(default=1.0, metadata={"min": 0, "max": 1})
-    top_k: int = field(default=0, metadata={"min": 0})
-    stop_strings: list[str] = field(default_factory=list)
-    # the dtype rollouts are sampled in. auto: the training precision's (bf16 under precision=bf16, else the policy's
-    # dtype); bfloat16 is faster but a rounded policy samples, while the trainer scores every token at its own
-    # precision (posttrain.rollout.SamplingParams.dtype)
-    rollout_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    eval_samples: int = field(default=16, metadata={"min": 0})  # rows written to samples.jsonl at each evaluation
+    task: str = option("arithmetic", help="where prompts (and the default reward) come from, unless data.path is set: "
+                                          "arithmetic, word_problems, constraints or verbosity (posttrain.tasks)")
+    task_options: dict[str, Any] = option(
+        default_factory=dict, help="keyword options of the task's generator, e.g. {digits: 2, operations: '+-'}")
+    rewards: list[dict[str, Any]] = option(
+        default_factory=list, help="reward functions, each with an optional weight: {name: TASK} | {function: "
+                                   "'module:fn'} | {model: FOLDER}; empty: the task's reward")
+    num_train_prompts: int = option(2000, min=1, help="training problems drawn from the task's seeded generator")
+    num_eval_prompts: int = option(200, min=0, help="held-out problems drawn for evaluation (greedy answers, task "
+                                                    "accuracy)")
+    max_new_tokens: int = option(64, min=1, help="longest completion sampled, in tokens")
+    temperature: float = option(1.0, min=0.01, help="sampling temperature of rollouts; log-probs are computed at it "
+                                                    "too (logits / T)")
+    top_p: float = option(1.0, min=0, max=1, help="nucleus sampling: sample from the smallest token set whose "
+                                                  "probability reaches top_p; 1: off")
+    top_k: int = option(0, min=0, help="sample from the k most likely tokens only; 0: off")
+    stop_strings: list[str] = option(default_factory=list, help="strings that end a completion (besides EOS)")
+    rollout_dtype: Literal["auto", "float32", "bfloat16"] = option(
+        "auto", help="the dtype rollouts are sampled in; auto: the training precision's (bf16 under precision=bf16, "
+                     "else the policy's dtype); bfloat16 is faster, but a rounded policy samples while the trainer "
+                     "scores every token at its own precision (posttrain.rollout.SamplingParams.dtype)")
+    eval_samples: int = option(16, min=0, help="rows written to samples.jsonl at each evaluation")
 
 
 @dataclass
@@ -52,6 +75,41 @@ class PromptExample:
 def prompt_batch(examples: list[PromptExample], pad_token_id: int) -> dict[str, torch.Tensor]:
     """The engine's collate for prompts: only their indices (the rollout fills the batch)."""
     return {"example_index": torch.tensor([e.index for e in examples])}
+
+
+def rollout_seed(seed: int, step: int) -> int:
+    """The sampling seed of the rollout at ``step``: a pure function of (seed, step), so a resumed run samples
+    what the uninterrupted one did."""
+    return seed * 1_000_003 + step
+
+
+# ------------------------------------------------------------------------------------------ prompts and rewards
+@dataclass
+class OnlineRLSetup:
+    """Everything an online RL method works on besides its models: problems, their chat prompts, the reward."""
+
+    task: Any  # the Task whose checker scores answers (None with data.path and no task)
+    train_problems: list[Problem]
+    eval_problems: list[Problem]
+    reward: Any  # posttrain.rollout.CombinedReward: (prompts, completions, problems) -> (totals, per function)
+    prompt_ids: list[list[int]]
+    eval_prompt_ids: list[list[int]]
+
+    def examples(self) -> tuple[list[PromptExample], list[PromptExample]]:
+        return ([PromptExample(ids, i) for i, ids in enumerate(self.prompt_ids)],
+                [PromptExample(ids, i) for i, ids in enumerate(self.eval_prompt_ids)])
+
+
+def load_online_rl(config: OnlineRLConfig, reward_specs: Callable[[Any], list[dict]] | None = None):
+    """``(policy, tokenizer, setup)``: the policy to train, and the problems, prompts and reward to train it on.
+    ``reward_specs(task)`` gives the reward list (default: the config's ``rewards``; with none, the task's checker)."""
+    policy, tokenizer = load_policy(config)
+    task, train_problems, eval_problems = load_problems(config)
+    reward = build_reward(reward_specs(task) if reward_specs else config.rewards, task)
+    setup = OnlineRLSetup(task, train_problems, eval_problems, reward,
+                          chat_prompts(tokenizer, [p.prompt for p in train_problems]),
+                          chat_prompts(tokenizer, [p.prompt for p in eval_problems]))
+    return policy, tokenizer, setup
 
 
 def load_problems(config: OnlineRLConfig):
@@ -81,6 +139,77 @@ def rollout_params(config: OnlineRLConfig) -> SamplingParams:
                           dtype=None if config.rollout_dtype == "auto" else config.rollout_dtype)
 
 
+# --------------------------------------------------------------------------------------------------- rollouts
+@dataclass
+class ScoredRollout:
+    """Completions sampled for a step's prompts and their rewards, as token rows on the policy's device."""
+
+    rollout: Rollout
+    rewards: torch.Tensor  # (N,) the weighted total reward of each completion
+    per_function: dict[str, list[float]]  # each reward function's values, for logging
+    rows: dict[str, torch.Tensor]  # input_ids, attention_mask, loss_mask (completion tokens) (N, T)
+
+
+@torch.no_grad()
+def sample_and_score(policy, tokenizer, prompt_ids: list[list[int]], problems: list[Problem], sampling: SamplingParams,
+                     reward, group_size: int = 1) -> ScoredRollout:
+    """Steps 1-2 of every online method: ``group_size`` completions per prompt sampled from ``policy`` (in eval
+    mode), scored by ``reward``, and collated into token rows (prompt + completion, loss on the completion)."""
+    was_training = policy.training
+    policy.eval()
+    rollout = sample(policy, tokenizer, prompt_ids, sampling, group_size=group_size)
+    policy.train(was_training)
+    row_problems = [problems[i] for i in rollout.prompt_index.tolist()]
+    totals, per_function = reward([p.prompt for p in row_problems], rollout.texts, row_problems)
+    lengths = rollout.completion_mask.sum(-1)
+    sequences = [(rollout.prompt_ids[i], rollout.completion_ids[i, : lengths[i]].tolist()) for i in range(len(totals))]
+    device = next(policy.parameters()).device
+    rows = {k: v.to(device) for k, v in collate_sequences(sequences, tokenizer.pad_token_id).items()}
+    return ScoredRollout(rollout, torch.tensor(totals, dtype=torch.float32), per_function, rows)
+
+
+def rollout_metrics(scored: ScoredRollout) -> dict[str, float]:
+    """What every online method logs about a rollout: rewards (total and per function), completion lengths,
+    truncation, and generation speed."""
+    rollout, rewards = scored.rollout, scored.rewards
+    lengths = rollout.completion_mask.sum(-1).float()
+    return {
+        "reward": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
+        **{f"reward/{name}": sum(v) / len(v) for name, v in scored.per_function.items()},
+        "completion_length": float(lengths.mean()), "completion_length_max": float(lengths.max()),
+        "truncated_fraction": float(rollout.truncated.float().mean()),
+        "generation_s": rollout.generation_time_s,
+        "generation_tokens_per_s": rollout.num_generated_tokens / max(rollout.generation_time_s, 1e-9),
+    }
+
+
+class OnlineRLMethod(Method):
+    """The part of an online RL method that is not its algorithm: prompts in, seeded rollouts with rewards out,
+    and the greedy held-out evaluation (with samples.jsonl)."""
+
+    outputs: tuple[str, ...] = ("samples.jsonl",)
+    collate = staticmethod(prompt_batch)
+
+    def __init__(self, config: OnlineRLConfig, tokenizer, setup: OnlineRLSetup):
+        self.config, self.tokenizer, self.setup = config, tokenizer, setup
+        self.sampling = rollout_params(config)
+
+    def policy(self, model):
+        """The causal LM inside the engine's model (PPO's holds a critic beside it)."""
+        return model
+
+    def sample_and_score(self, model, example_index: torch.Tensor, step: int, group_size: int = 1) -> ScoredRollout:
+        self.sampling.seed = rollout_seed(self.config.seed, step)
+        indices = example_index.tolist()
+        return sample_and_score(self.policy(model), self.tokenizer, [self.setup.prompt_ids[i] for i in indices],
+                                [self.setup.train_problems[i] for i in indices], self.sampling, self.setup.reward,
+                                group_size)
+
+    def evaluate(self, model, step: int) -> dict[str, float]:
+        return greedy_evaluation(self.config, self.policy(model), self.tokenizer, self.setup.eval_prompt_ids,
+                                 self.setup.eval_problems, self.setup.reward, self.setup.task, step)
+
+
 @torch.no_grad()
 def greedy_evaluation(config: OnlineRLConfig, policy, tokenizer, prompt_ids, problems, reward, task,
                       step: int) -> dict[str, float]:
@@ -106,14 +235,15 @@ def greedy_evaluation(config: OnlineRLConfig, policy, tokenizer, prompt_ids, pro
     return result
 
 
-def rl_evaluation(config: OnlineRLConfig, model, state: dict) -> dict:
-    """evaluation.json: held-out greedy accuracy and reward after training, the step-0 values as baseline."""
-    evals = [r for r in read_log(config.output_dir) if "eval_reward" in r]
-    result = run_summary(config, model, state)
+# ------------------------------------------------------------------------------------------------- the run
+def train_online(config: OnlineRLConfig, model, tokenizer, method: OnlineRLMethod, callbacks=None,
+                 files: ModelFiles | None = None) -> dict:
+    """The engine run of an online method on its prompts, then evaluation.json: held-out greedy accuracy and reward
+    after training, the step-0 values as baseline."""
+    train_examples, eval_examples = method.setup.examples()
+    run = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks, files)
+    policy = method.policy(model)
     names = ("eval_accuracy", "eval_reward", "eval_completion_length", "eval_truncated_fraction")
-    if evals:
-        last = evals[-1]
-        result["metrics"] = {n[5:]: {"value": last[n], "n_prompts": last["eval_items"]} for n in names if n in last}
-        if evals[0]["step"] == 0 and state["step"] > 0:
-            result["baseline"] = {n[5:]: evals[0][n] for n in names if n in evals[0]}
-    return result
+    summary = evaluation_summary(config, policy, run, lambda record: {n[5:]: record[n] for n in names if n in record},
+                                 "n_prompts")
+    return write_evaluation(config, summary, policy, tokenizer)

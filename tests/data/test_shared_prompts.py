@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from posttrain.data.preference import collate_sequences
+from posttrain.data.batching import collate_sequences
 from posttrain.data.shared_prompts import with_shared_prompts
 from posttrain.models import build_tiny_model
 from posttrain.models.forward import token_logps

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from posttrain.checkpoint import list_checkpoints
-from posttrain.engine import Engine, EngineConfig, LossOutput, NonFiniteLossError
+from posttrain.engine.checkpoint import list_checkpoints
+from posttrain.engine import Engine, EngineConfig, LossOutput, Method, NonFiniteLossError
+from posttrain.engine.optimizer import lr_factor
 from posttrain.errors import ConfigError
 from posttrain.models import build_tiny_model, save_model
 from posttrain.trainers.sft import SFTLoss
@@ -109,7 +110,7 @@ def test_killed_checkpoint_save_leaves_the_previous_one_intact(tmp_path):
     assert resumed.train()["step"] == 6
 
 
-class NaNAt:
+class NaNAt(Method):
     """SFT loss, but non-finite at the given optimizer steps."""
 
     def __init__(self, steps):
@@ -152,13 +153,11 @@ def test_too_many_nonfinite_steps_stop_the_run(tmp_path):
 
 def test_learning_rate_schedules(tmp_path):
     engine = make_engine(tmp_path, max_steps=10, warmup_steps=2, lr_schedule="cosine")
-    factors = [engine._lr_factor(s) for s in range(10)]
+    factors = [lr_factor(s, engine.total_steps, 2, "cosine") for s in range(10)]
     assert factors[0] < factors[1] < factors[2] == 1.0
     assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
-    engine.config.lr_schedule = "linear"
-    assert engine._lr_factor(6) == pytest.approx(0.5)
-    engine.config.lr_schedule = "constant"
-    assert engine._lr_factor(9) == 1.0
+    assert lr_factor(6, engine.total_steps, 2, "linear") == pytest.approx(0.5)
+    assert lr_factor(9, engine.total_steps, 2, "constant") == 1.0
 
 
 def test_early_stopping_with_patience(tmp_path):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from posttrain.checkpoint import list_checkpoints
-from posttrain.engine import LossOutput
+from posttrain.engine.checkpoint import list_checkpoints
+from posttrain.engine import LossOutput, Method
 from posttrain.errors import ConfigError
 from posttrain.models import build_tiny_model
 from tests.conftest import random_examples
@@ -127,7 +127,7 @@ def test_lora_adapters_only(tmp_path):
             assert torch.equal(p, base[name]), name
 
 
-class HeadThroughAutograd:
+class HeadThroughAutograd(Method):
     """Next-token NLL with the input embedding added into ``.grad`` in place (``hidden_states``) and the tied output
     head through autograd: the tied weight's gradient arrives both ways, the autograd part first."""
 

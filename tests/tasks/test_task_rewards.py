@@ -5,7 +5,8 @@ import math
 import pytest
 
 from posttrain.errors import ConfigError
-from posttrain.tasks import CombinedReward, Problem, RewardSpec, WeightedReward, build_reward, get_task, load_function
+from posttrain.rollout import CombinedReward, RewardSpec, WeightedReward, build_reward, load_function
+from posttrain.tasks import Problem, get_task
 
 USER_MODULE = '''
 def brevity(prompts, completions, problems, limit=3):

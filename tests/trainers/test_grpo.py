@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from posttrain.api import train
-from posttrain.data.preference import collate_sequences
+from posttrain.data.batching import collate_sequences
 from posttrain.math import group_advantages
 from posttrain.math.advantages import leave_one_out_advantages, moving_average
 from posttrain.math.policy import aggregated_loss_sum, loss_normaliser
@@ -66,7 +66,7 @@ def test_loss_does_not_depend_on_how_the_rollout_batch_is_split(aggregation, tok
     rows["advantages"] = torch.randn(6, generator=g)
     rows["old_token_logps"] = torch.randn(6, rows["input_ids"].shape[1] - 1, generator=g) * 0.1 - 5.0
     config = GRPOConfig(loss_aggregation=aggregation, max_new_tokens=8, epsilon_low=0.2)
-    method = PolicyGradientMethod(config, tokenizer, [], [], None, None, None)
+    method = PolicyGradientMethod(config, tokenizer, None, None)
 
     def loss_and_grad(splits):
         model.zero_grad()
@@ -100,7 +100,7 @@ def test_groups_scored_with_their_prompt_once_give_the_padded_loss_and_gradient(
     rows["prompt_index"] = torch.tensor([0, 0, 0, 1, 1, 1])
     rows["prompt_length"] = torch.tensor([6, 6, 6, 4, 4, 4])
     config = GRPOConfig(loss_aggregation=aggregation, max_new_tokens=8, epsilon_low=0.2)
-    method = PolicyGradientMethod(config, tokenizer, [], [], None, None, None)
+    method = PolicyGradientMethod(config, tokenizer, None, None)
     packed = method.model_batch(rows)
     assert "packed_input_ids" in packed and packed["packed_input_ids"].numel() < rows["input_ids"].numel()
 
@@ -217,15 +217,46 @@ def test_group_methods_need_groups(tmp_path, reward_module):
 def test_rollout_dtype_reaches_the_sampler(tmp_path, reward_module, monkeypatch, overrides, expected):
     """Training rollouts take ``rollout_dtype``; under precision=bf16 ``auto`` leaves it to the autocast around the
     rollout (tests/rollout/test_dtype.py), so the sampler is asked for no dtype but runs inside bf16 autocast."""
-    from posttrain.trainers import grpo as grpo_module
+    from posttrain.trainers import rl as rl_module
 
     seen = []
-    original = grpo_module.sample
+    original = rl_module.sample
 
     def spy(model, tokenizer, prompt_ids, params, **kwargs):
-        seen.append((params.dtype, torch.is_autocast_enabled("cpu")))
+        if params.temperature > 0:  # a training rollout (held-out evaluation is greedy)
+            seen.append((params.dtype, torch.is_autocast_enabled("cpu")))
         return original(model, tokenizer, prompt_ids, params, **kwargs)
 
-    monkeypatch.setattr(grpo_module, "sample", spy)
+    monkeypatch.setattr(rl_module, "sample", spy)
     train(rl_config(tmp_path, max_steps=1, eval_steps=None, num_eval_prompts=2, **overrides))
     assert seen == [(expected, overrides.get("precision") == "bf16")]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"method": "grpo", "beta": 0.05},  # a reference policy and its KL in the loss
+    {"method": "reinforce", "group_size": 2},  # the moving-average baseline is method state: saved and restored
+], ids=["grpo-kl", "reinforce-baseline"])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, reward_module, overrides):
+    settings = dict(max_steps=6, eval_steps=None, num_eval_prompts=2, logging_steps=1, save_steps=3,
+                    save_total_limit=None, **overrides)
+    train(rl_config(tmp_path / "whole", **settings))
+
+    def stop_at_5(engine, state):
+        if state["step"] == 5:
+            raise KeyboardInterrupt
+
+    from posttrain.api import build_method_config
+
+    train_function, typed = build_method_config(rl_config(tmp_path / "cut", **settings))
+    with pytest.raises(KeyboardInterrupt):
+        train_function(typed, callbacks=[stop_at_5])
+    train(rl_config(tmp_path / "cut", **settings))
+
+    def steps(run):
+        return [json.loads(x) for x in (run / "run" / "log_history.jsonl").read_text().splitlines() if "loss" in x]
+
+    whole, resumed = steps(tmp_path / "whole"), steps(tmp_path / "cut")
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole] == [1, 2, 3, 4, 5, 6]
+    for cut, full in zip(resumed, whole):  # the same rollouts, rewards and updates; timings aside
+        for name in ("loss", "grad_norm", "reward", "completion_length"):
+            assert cut[name] == full[name], (cut["step"], name)

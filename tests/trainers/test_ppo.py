@@ -8,7 +8,7 @@ import torch
 
 from posttrain.api import train
 from posttrain.errors import ConfigError
-from posttrain.models.reward import load_reward_model
+from posttrain.models.reward_model import load_reward_model
 from posttrain.models.saving import save_model
 
 REWARD_MODULE = '''
@@ -88,7 +88,7 @@ def test_each_role_updates_or_stays_frozen(tmp_path, reward_module, lora):
             seen["policy"], seen["value"] = snapshot(engine.model.policy), snapshot(engine.model.value_model)
             reference = engine.method.reference.frozen
             seen["reference"] = None if reference is None else (reference, snapshot(reference))
-            scorer = engine.method.reward.parts[0].fn
+            scorer = engine.method.setup.reward.parts[0].fn
             seen["reward"] = (scorer.model, snapshot(scorer.model))
 
     config = ppo_config(tmp_path, rewards=[], reward_model=str(tmp_path / "rm"), value_init="reward", max_steps=8,

@@ -10,14 +10,15 @@ import torch
 
 from posttrain.api import train
 from posttrain.data import DataConfig, normalize_rows
-from posttrain.data.preference import collate_pairs, collate_sequences, tokenize_pairs
+from posttrain.data.batching import collate_sequences
+from posttrain.data.preference import collate_pairs, tokenize_pairs
 from posttrain.data.sources import Row
 from posttrain.data.tokenize import encode_prompt_completion
 from posttrain.errors import DataError
 from posttrain.math import bradley_terry_loss, reward_centering_penalty
-from posttrain.models.reward import load_reward_model, sequence_scores
-from posttrain.tasks import build_reward
-from posttrain.trainers.reward import RewardConfig, RewardModelMethod
+from posttrain.models.reward_model import load_reward_model, sequence_scores
+from posttrain.rollout import build_reward
+from posttrain.trainers.reward_model import RewardConfig, RewardModelMethod
 
 
 def pairs(n, offset=0):
@@ -185,11 +186,11 @@ def test_lora_trains_adapters_and_head_only_and_the_merged_copy_scores_the_same(
 def load_reward_lora_names(tmp_path):
     """The trainable parameters of the LoRA reward model as the trainer builds it."""
     from posttrain.config import build_config
-    from posttrain.trainers.reward import load_reward_policy
+    from posttrain.trainers.common import load_policy
 
     cfg = build_config(RewardConfig, {"model": "tiny", "output_dir": str(tmp_path / "x"),
                                       "lora": {"enabled": True, "r": 8}})
-    model, _ = load_reward_policy(cfg)
+    model, _ = load_policy(cfg, reward_model=True)
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
@@ -231,7 +232,7 @@ def test_grpo_runs_with_a_reward_model_reward(tmp_path, full_run):
 
 def test_reward_spec_needs_exactly_one_source():
     from posttrain.errors import ConfigError
-    from posttrain.tasks import RewardSpec
+    from posttrain.rollout import RewardSpec
 
     with pytest.raises(ConfigError, match="exactly one of"):
         RewardSpec(name="arithmetic", model="runs/reward/final")

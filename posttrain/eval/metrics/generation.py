@@ -7,16 +7,18 @@ same prompts and settings share one generation (``EvalContext.generate``).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from posttrain.config import option
 from posttrain.errors import ConfigError, DataError
 from posttrain.eval.context import EvalContext
 from posttrain.eval.estimators import describe, mean_and_standard_error, pass_at_k
 from posttrain.eval.prompts import DEFAULT_PROBES, DEFAULT_PROMPTS, EvalPrompt, load_prompts
 from posttrain.eval.result import MetricResult, Value, score_each, try_each
-from posttrain.tasks import TASKS, RewardSpec, count_words, get_task
+from posttrain.rollout.rewards import RewardSpec
+from posttrain.tasks import TASKS, count_words, get_task
 
 PROBE_VARIANTS = ("plain", "padded", "flattery", "longer", "keywords")
 
@@ -46,9 +48,9 @@ def check_reward_specs(specs: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------------- verbosity
 @dataclass
 class VerbosityOptions:
-    prompts: str = DEFAULT_PROMPTS
-    limit: int | None = field(default=None, metadata={"min": 1})
-    max_new_tokens: int = field(default=96, metadata={"min": 1})
+    prompts: str = option(DEFAULT_PROMPTS, help="the prompt set answered (a .jsonl/.txt file)")
+    limit: int | None = option(None, min=1, help="the first N prompts; None: all")
+    max_new_tokens: int = option(96, min=1, help="longest greedy answer, in tokens")
 
 
 def verbosity_values(texts: list[str], token_counts: list[int], word_limits: list[int | None]) -> dict[str, Value]:
@@ -86,15 +88,16 @@ def verbosity(context: EvalContext, options: VerbosityOptions) -> MetricResult:
 # ------------------------------------------------------------------------------------------------- task accuracy
 @dataclass
 class TaskAccuracyOptions:
-    task: str = "arithmetic"  # arithmetic, word_problems, constraints, verbosity (posttrain.tasks)
-    task_options: dict[str, Any] = field(default_factory=dict)
-    n: int = field(default=40, metadata={"min": 1})  # problems drawn from the split with the evaluation's seed
-    split: Literal["train", "eval"] = "eval"
-    max_new_tokens: int = field(default=48, metadata={"min": 1})
-    samples: int = field(default=0, metadata={"min": 0})  # completions sampled per problem for pass@k (0: none)
-    pass_at: list[int] = field(default_factory=lambda: [1])  # the k of pass@k, each <= samples
-    temperature: float = field(default=1.0, metadata={"min": 0.01})
-    top_p: float = field(default=1.0, metadata={"min": 0, "max": 1})
+    task: str = option("arithmetic", help="arithmetic, word_problems, constraints or verbosity (posttrain.tasks)")
+    task_options: dict[str, Any] = option(
+        default_factory=dict, help="keyword options of the task's generator, e.g. {digits: 2}")
+    n: int = option(40, min=1, help="problems drawn from the split with the evaluation's seed")
+    split: Literal["train", "eval"] = option("eval", help="the task's split the problems come from")
+    max_new_tokens: int = option(48, min=1, help="longest answer, in tokens")
+    samples: int = option(0, min=0, help="completions sampled per problem for pass@k; 0: greedy accuracy only")
+    pass_at: list[int] = option(default_factory=lambda: [1], help="the k of pass@k, each <= samples")
+    temperature: float = option(1.0, min=0.01, help="sampling temperature of the pass@k samples")
+    top_p: float = option(1.0, min=0, max=1, help="nucleus sampling of the pass@k samples; 1: off")
 
     def __post_init__(self) -> None:
         get_task(self.task, **self.task_options)  # an unknown task or option fails now, not after generating
@@ -134,10 +137,11 @@ def task_accuracy(context: EvalContext, options: TaskAccuracyOptions) -> MetricR
 # -------------------------------------------------------------------------------------------------------- reward
 @dataclass
 class RewardOptions:
-    rewards: list[dict[str, Any]]  # reward specs: {name: TASK} | {function: "module:fn"} | {model: PATH}, + weight
-    prompts: str = DEFAULT_PROMPTS
-    limit: int | None = field(default=None, metadata={"min": 1})
-    max_new_tokens: int = field(default=96, metadata={"min": 1})
+    rewards: list[dict[str, Any]] = option(help="reward specs, each with an optional weight: {name: TASK} | {function: "
+                                                "'module:fn'} | {model: PATH}")
+    prompts: str = option(DEFAULT_PROMPTS, help="the prompt set answered (a .jsonl/.txt file)")
+    limit: int | None = option(None, min=1, help="the first N prompts; None: all")
+    max_new_tokens: int = option(96, min=1, help="longest greedy answer, in tokens")
 
     def __post_init__(self) -> None:
         check_reward_specs(self.rewards)
@@ -158,7 +162,7 @@ def reward_scores(context: EvalContext, specs: list[dict], prompts: list[EvalPro
 
 
 def reward(context: EvalContext, options: RewardOptions) -> MetricResult:
-    """The mean total reward sum_k w_k r_k(x, y) of the greedy answers to the prompt set (``posttrain.tasks.rewards``:
+    """The mean total reward sum_k w_k r_k(x, y) of the greedy answers to the prompt set (``posttrain.rollout.rewards``:
     a task's checker, a ``module:function``, a trained reward model), and each reward's own mean when there are
     several."""
     prompts = load_prompts(options.prompts, options.limit)
@@ -178,9 +182,11 @@ def reward(context: EvalContext, options: RewardOptions) -> MetricResult:
 # ----------------------------------------------------------------------------------------- reward-hacking probes
 @dataclass
 class ProbeOptions:
-    rewards: list[dict[str, Any]]
-    probes: str = DEFAULT_PROBES  # rows with group, variant (plain, padded, flattery, longer, keywords), prompt
-    max_new_tokens: int = field(default=96, metadata={"min": 1})
+    rewards: list[dict[str, Any]] = option(help="reward specs probed, each with an optional weight: {name: TASK} | "
+                                                "{function: 'module:fn'} | {model: PATH}")
+    probes: str = option(DEFAULT_PROBES, help="rows with group, variant (plain, padded, flattery, longer, keywords) "
+                                              "and prompt")
+    max_new_tokens: int = option(96, min=1, help="longest greedy answer, in tokens")
 
     def __post_init__(self) -> None:
         check_reward_specs(self.rewards)

@@ -15,12 +15,13 @@ Identical answers are a tie without asking the judge.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from posttrain.config import option
 from posttrain.errors import ConfigError
 from posttrain.eval.context import EvalContext, ModelHandle
 from posttrain.eval.estimators import mean_and_standard_error
@@ -124,13 +125,15 @@ class LLMJudge:
 
 @dataclass
 class WinRateOptions:
-    baseline: str = "auto"  # a model spec, or auto: the model the evaluated one was fine-tuned from
-    # {llm: SPEC, template: optional} or {reward_model: PATH}; a fixed judge keeps runs comparable
-    judge: dict[str, Any] = field(default_factory=lambda: {"llm": EMBEDDED_DEFAULT})
-    prompts: str = DEFAULT_PROMPTS
-    limit: int | None = field(default=None, metadata={"min": 1})
-    max_new_tokens: int = field(default=96, metadata={"min": 1})
-    batch_size: int = field(default=4, metadata={"min": 1})  # judge questions per forward pass
+    baseline: str = option("auto", help="the model answers are compared with: a model spec, or auto: the model the "
+                                        "evaluated one was fine-tuned from")
+    judge: dict[str, Any] = option(
+        default_factory=lambda: {"llm": EMBEDDED_DEFAULT}, help="{llm: SPEC, template: optional} or {reward_model: "
+                                                                "PATH}; a fixed judge keeps runs comparable")
+    prompts: str = option(DEFAULT_PROMPTS, help="the prompt set answered (a .jsonl/.txt file)")
+    limit: int | None = option(None, min=1, help="the first N prompts; None: all")
+    max_new_tokens: int = option(96, min=1, help="longest greedy answer, in tokens")
+    batch_size: int = option(4, min=1, help="judge questions per forward pass")
 
     def __post_init__(self) -> None:
         kinds = [k for k in ("llm", "reward_model") if k in self.judge]

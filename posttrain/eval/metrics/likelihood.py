@@ -7,12 +7,13 @@ projection only at the positions that carry loss), under ``torch.no_grad``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from posttrain.config import option
 from posttrain.data import DataConfig, Example, collate, load_rows, normalize_rows, tokenize_sft
 from posttrain.data.preference import tokenize_pairs
 from posttrain.errors import ConfigError
@@ -60,11 +61,12 @@ def completion_example(prompt_ids: list[int], completion_ids: list[int]) -> Exam
 # ---------------------------------------------------------------------------------------------------- perplexity
 @dataclass
 class PerplexityOptions:
-    data: str = DEFAULT_PERPLEXITY_DATA  # text, prompt/completion or messages rows
-    split: str | None = None
-    limit: int | None = field(default=64, metadata={"min": 1})  # the first N rows
-    max_length: int = field(default=1024, metadata={"min": 2})
-    batch_size: int = field(default=8, metadata={"min": 1})
+    data: str = option(DEFAULT_PERPLEXITY_DATA, help="text, prompt/completion or messages rows (a file, folder or hub "
+                                                     "id)")
+    split: str | None = option(None, help="split and slice of data, e.g. test[:100]; None: the whole file")
+    limit: int | None = option(64, min=1, help="the first N rows; None: all")
+    max_length: int = option(1024, min=2, help="longest tokenized row, in tokens")
+    batch_size: int = option(8, min=1, help="rows per forward pass")
 
 
 def perplexity(context: EvalContext, options: PerplexityOptions) -> MetricResult:
@@ -103,13 +105,14 @@ def perplexity(context: EvalContext, options: PerplexityOptions) -> MetricResult
 # ------------------------------------------------------------------------------------------------------------ KL
 @dataclass
 class KLOptions:
-    reference: str = "auto"  # a model spec, or auto: the model the evaluated one was fine-tuned from
-    prompts: str = DEFAULT_PROMPTS
-    limit: int | None = field(default=None, metadata={"min": 1})
-    samples: int = field(default=1, metadata={"min": 1})  # completions sampled per prompt
-    max_new_tokens: int = field(default=96, metadata={"min": 1})
-    estimator: Literal["k1", "k2", "k3"] = "k3"
-    batch_size: int = field(default=8, metadata={"min": 1})
+    reference: str = option("auto", help="a model spec, or auto: the model the evaluated one was fine-tuned from")
+    prompts: str = option(DEFAULT_PROMPTS, help="the prompt set answered (a .jsonl/.txt file)")
+    limit: int | None = option(None, min=1, help="the first N prompts; None: all")
+    samples: int = option(1, min=1, help="completions sampled per prompt")
+    max_new_tokens: int = option(96, min=1, help="longest sampled completion, in tokens")
+    estimator: Literal["k1", "k2", "k3"] = option("k3", help="estimator of KL(policy || reference) per token (Schulman "
+                                                             "2020)")
+    batch_size: int = option(8, min=1, help="sequences per scoring forward pass")
 
 
 def kl(context: EvalContext, options: KLOptions) -> MetricResult:
@@ -149,14 +152,16 @@ def kl(context: EvalContext, options: KLOptions) -> MetricResult:
 # ----------------------------------------------------------------------------------------- preference accuracy
 @dataclass
 class PreferenceOptions:
-    data: str = DEFAULT_PREFERENCE_DATA  # prompt / chosen / rejected rows
-    split: str | None = None
-    limit: int | None = field(default=64, metadata={"min": 1})
-    reference: str = "auto"  # a model spec, auto (the base it was fine-tuned from, if known) or none
-    reward_model: str | None = None  # score with a trained reward model instead of an implicit reward
-    beta: float = field(default=0.1, metadata={"min": 0})
-    max_length: int = field(default=1024, metadata={"min": 2})
-    batch_size: int = field(default=8, metadata={"min": 1})
+    data: str = option(DEFAULT_PREFERENCE_DATA, help="prompt / chosen / rejected rows (a file, folder or hub id)")
+    split: str | None = option(None, help="split and slice of data, e.g. test[:100]; None: the whole file")
+    limit: int | None = option(64, min=1, help="the first N pairs; None: all")
+    reference: str = option("auto", help="reference of the DPO implicit reward: a model spec, auto (the base it was "
+                                         "fine-tuned from, if known) or none (SimPO's length-normalised reward)")
+    reward_model: str | None = option(None, help="score with a trained reward model folder instead of an implicit "
+                                                 "reward; None: implicit reward")
+    beta: float = option(0.1, min=0, help="scale of the implicit reward")
+    max_length: int = option(1024, min=2, help="longest tokenized prompt + completion, in tokens")
+    batch_size: int = option(8, min=1, help="sequences per forward pass")
 
     def __post_init__(self) -> None:
         if self.reward_model is not None and not Path(self.reward_model).is_dir():

@@ -1,8 +1,8 @@
 """Text generation for the CLI, the demo and evaluation: chat template applied, batched, optionally streamed.
 
-Batched generation runs on the rollout engine (``posttrain.rollout``: preallocated KV cache, shared prompt prefill,
-finished rows dropped), about twice as fast as transformers' ``generate`` on the 2-core CPU
-(``benchmarks/rollout_vs_hf.py``); greedy output is the same token for token. Streaming to the terminal uses
+Batched generation runs on the rollout engine (``posttrain.rollout.sampling``: preallocated KV cache, shared prompt
+prefill, finished rows dropped), faster than transformers' ``generate`` (``benchmarks/rollout_vs_hf.py``,
+docs/benchmarks.md); greedy output is the same token for token. Streaming to the terminal uses
 transformers' ``generate`` with a ``TextStreamer``.
 """
 
@@ -10,15 +10,8 @@ from __future__ import annotations
 
 import torch
 
-
-def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
-    """Token ids of a single-turn chat prompt ending with the assistant's generation prompt (or plain text when the
-    tokenizer has no chat template)."""
-    if not getattr(tokenizer, "chat_template", None):
-        return tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+from posttrain.rollout.prompts import chat_prompt_ids
+from posttrain.rollout.sampling import SamplingParams, sample
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0,
@@ -30,8 +23,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, te
     """
     if streamer is not None:
         return _hf_generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, batch_size, system, streamer)
-    from posttrain.rollout import SamplingParams, sample
-
     seed = int(torch.randint(2**31 - 1, ())) if temperature > 0 else 0
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     prompt_ids = [chat_prompt_ids(tokenizer, p, system) for p in prompts]

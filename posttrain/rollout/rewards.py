@@ -1,4 +1,5 @@
-"""Reward functions: one signature, weighted combinations, and loading user callables by name.
+"""Reward functions: one signature, weighted combinations, loading user callables by name, and a trained reward
+model as a reward function (``RewardModelScorer``).
 
 Every reward function has the signature
 
@@ -21,9 +22,15 @@ import functools
 import importlib
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Sequence
 
-from posttrain.errors import ConfigError
+import torch
+
+from posttrain.data.batching import collate_sequences
+from posttrain.data.tokenize import as_messages, encode_prompt_completion
+from posttrain.errors import ConfigError, DataError, ModelLoadError
+from posttrain.models.reward_model import load_reward_model, sequence_scores
 from posttrain.tasks.base import Problem, RewardFn, Task
 from posttrain.tasks.registry import TASKS, get_task
 
@@ -167,13 +174,57 @@ def build_reward(specs: Sequence[RewardSpec | dict] | None, task: Task | None = 
 
 
 def reward_model_function(path: str, options: dict) -> RewardFn:
-    """A trained reward model's score of prompt + completion, loaded once (``posttrain.models.reward``; torch and
-    transformers are imported here, not when this module is). ``options``: batch_size, max_length, device, dtype."""
-    from posttrain.models.reward import RewardModelScorer
-
+    """A trained reward model's score of prompt + completion, loaded once (``RewardModelScorer``).
+    ``options``: batch_size, max_length, device, dtype."""
     allowed = {"batch_size", "max_length", "device", "dtype"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(f"reward model {path!r}: unknown option {', '.join(map(repr, unknown))}; "
                           f"allowed: {', '.join(sorted(allowed))}")
     return RewardModelScorer(path, **options)
+
+
+class RewardModelScorer:
+    """A saved reward model as a reward function ``fn(prompts, completions, problems) -> list[float]``.
+
+    Each prompt + completion is formatted as in training (``encode_prompt_completion``: the chat template when the
+    tokenizer has one; ``encode``) and scored in length-sorted batches under ``torch.no_grad``. Sequences longer than
+    ``max_length`` keep their last tokens (the scored end)."""
+
+    def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024, device: str = "auto",
+                 dtype: str = "auto"):
+        if not Path(path).is_dir():
+            raise ModelLoadError(f"reward model {path!r}: no such folder (a reward run's final/ or final/merged/)")
+        self.model, self.tokenizer = load_reward_model(path, dtype, device)
+        self.model.eval().requires_grad_(False)
+        self.batch_size, self.max_length = batch_size, max_length
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        self.device = next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str], problems=None) -> list[float]:
+        sequences = []
+        for prompt, completion in zip(prompts, completions):
+            prompt_ids, completion_ids = self.encode(prompt, completion)
+            cut = max(0, len(prompt_ids) + len(completion_ids) - self.max_length)
+            sequences.append((prompt_ids[cut:], completion_ids[max(0, cut - len(prompt_ids)):]))
+        order = sorted(range(len(sequences)), key=lambda i: sum(map(len, sequences[i])))
+        scores = [0.0] * len(sequences)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = collate_sequences([sequences[i] for i in chunk], self.tokenizer.pad_token_id)
+            values = sequence_scores(self.model, {k: v.to(self.device) for k, v in batch.items()})
+            for i, value in zip(chunk, values.tolist()):
+                scores[i] = value
+        return scores
+
+    def encode(self, prompt, completion) -> tuple[list[int], list[int]]:
+        """Ids as training tokenized them. A sampled completion can make the template's prompt tokenize differently
+        inside the whole (a completion starting with newlines merges with the prompt's last one): training refuses
+        such a pair, a reward scores the whole conversation as tokenized."""
+        try:
+            return encode_prompt_completion(self.tokenizer, prompt, completion, self.chat)
+        except DataError:
+            messages = as_messages(prompt, "user") + as_messages(completion, "assistant")
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            return [], self.tokenizer(text, add_special_tokens=False)["input_ids"]

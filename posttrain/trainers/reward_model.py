@@ -1,6 +1,6 @@
 """Reward modelling: a scalar score r(x, y) learned from preference pairs with the Bradley-Terry loss, the first
 stage of RLHF (Stiennon et al. 2020; Ouyang et al. 2022). The trained model is a reward function for GRPO / RLOO
-(``rewards: [{model: runs/reward/final}]``, posttrain.tasks.rewards).
+(``rewards: [{model: runs/reward/final}]``, posttrain.rollout.rewards).
 
 Algorithm (for each optimizer step, on B preference pairs (x, y_w, y_l), optional margins m):
     1. one forward pass over the 2B sequences [x + y_w ; x + y_l] (padded, chosen rows first); the score head at
@@ -14,39 +14,42 @@ Logged: mean chosen and rejected scores, their margin, and accuracy (the share o
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from posttrain.config import option
+from posttrain.data import load_examples
 from posttrain.data.preference import collate_pairs
-from posttrain.engine import LossOutput
+from posttrain.engine import LossOutput, Method
 from posttrain.errors import ConfigError, DataError
 from posttrain.math import bradley_terry_loss, reward_centering_penalty
-from posttrain.models.reward import apply_reward_lora, load_reward_model, sequence_scores
+from posttrain.math.preference import reward_metric_sums
+from posttrain.models.reward_model import sequence_scores
 from posttrain.trainers.common import (
     PolicyTrainingConfig,
-    log_trainable,
-    read_log,
-    run_summary,
+    TrainingRun,
+    evaluation_summary,
+    load_policy,
     train_and_save,
     write_evaluation,
 )
-from posttrain.trainers.dpo import load_pair_examples
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RewardConfig(PolicyTrainingConfig):
-    method: Literal["reward"] = "reward"
-    # weight c of the centering penalty c (r_w + r_l)^2 (TRL suggests 0.01); None: no penalty
-    center_rewards_coefficient: float | None = field(default=None, metadata={"min": 0})
-    learning_rate: float = field(default=1e-5, metadata={"min": 0})
+    method: Literal["reward"] = option("reward", help="a reward model: a scalar head trained on preference pairs "
+                                                      "(Bradley-Terry loss)")
+    center_rewards_coefficient: float | None = option(
+        None, min=0, help="weight c of the centering penalty c (r_w + r_l)^2 (TRL suggests 0.01); None: no penalty")
+    learning_rate: float = option(1e-5, min=0, help="AdamW's peak learning rate, reached after warmup_steps")
 
 
-class RewardModelMethod:
+class RewardModelMethod(Method):
     """The loss the engine runs for B pairs: Bradley-Terry (+ centering) summed over pairs, and metric sums."""
 
     def __init__(self, config: RewardConfig):
@@ -62,71 +65,40 @@ class RewardModelMethod:
         if self.config.center_rewards_coefficient:
             losses = losses + self.config.center_rewards_coefficient * reward_centering_penalty(chosen_rewards,
                                                                                               rejected_rewards)
-        return LossOutput(losses.sum(), score_metrics(chosen_rewards.detach(), rejected_rewards.detach()))
-
-
-def score_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
-    """Sums over the batch's pairs (the engine divides by the pair count), named as the DPO trainer's
-    (``posttrain.trainers.dpo.pair_metrics``). Accuracy counts a tie as half right."""
-    margin = chosen_rewards - rejected_rewards
-    accuracy = (margin > 0).float() + 0.5 * (margin == 0).float()
-    return {
-        "rewards/chosen": float(chosen_rewards.sum()),
-        "rewards/rejected": float(rejected_rewards.sum()),
-        "rewards/margin": float(margin.sum()),
-        "rewards/accuracy": float(accuracy.sum()),
-    }
+        return LossOutput(losses.sum(), reward_metric_sums(chosen_rewards.detach(), rejected_rewards.detach()))
 
 
 def train_reward(config: RewardConfig, callbacks=None) -> dict:
     """Train a reward model end to end; returns the evaluation dict (also written to output_dir/evaluation.json)."""
-    model, tokenizer = load_reward_policy(config)
-    train_examples, eval_examples = load_pair_examples(config, tokenizer)
-    for name, examples in (("train", train_examples), ("eval", eval_examples)):
-        with_margin = sum(e.margin is not None for e in examples)
-        if 0 < with_margin < len(examples):
-            first = next(e.where for e in examples if e.margin is None)
-            raise DataError(f"{name} data: {with_margin} of {len(examples)} pairs have a margin, {first} has none; "
-                            "give every pair a margin or none")
-    method = RewardModelMethod(config)
-    state = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
-    return write_evaluation(config, reward_evaluation(config, model, state))
-
-
-def load_reward_policy(config: RewardConfig):
-    """The reward model to train (+ LoRA adapters, the head trained in full) and its tokenizer."""
     if config.quantization != "none":
         raise ConfigError("quantization is not supported for reward models yet: set quantization=none")
     if config.eval_suite is not None:
         raise ConfigError("eval_suite runs the harness on a causal LM; a reward model's evaluation is its held-out "
                           "pair accuracy (evaluation.json). To use it in a suite, name its final/ folder in a "
                           "`reward` or `preference_accuracy` entry (docs/eval.md)")
-    dtype = "float32" if config.dtype == "auto" and not config.lora.enabled else config.dtype
-    model, tokenizer = load_reward_model(config.model, dtype, config.device, config.trust_remote_code, config.seed)
-    if config.lora.enabled:
-        model = apply_reward_lora(model, config.lora, config.gradient_checkpointing)
-    log_trainable(model, f"reward model from {config.model}")
-    return model, tokenizer
+    model, tokenizer = load_policy(config, reward_model=True)
+    train_examples, eval_examples = load_examples(config.data, tokenizer, "pairs")
+    for name, examples in (("train", train_examples), ("eval", eval_examples)):
+        with_margin = sum(e.margin is not None for e in examples)
+        if 0 < with_margin < len(examples):
+            first = next(e.where for e in examples if e.margin is None)
+            raise DataError(f"{name} data: {with_margin} of {len(examples)} pairs have a margin, {first} has none; "
+                            "give every pair a margin or none")
+    run = train_and_save(config, model, tokenizer, RewardModelMethod(config), train_examples, eval_examples, callbacks)
+    return write_evaluation(config, reward_evaluation(config, model, run))
 
 
-def reward_evaluation(config: RewardConfig, model, state: dict) -> dict:
+def reward_evaluation(config: RewardConfig, model, run: TrainingRun) -> dict:
     """evaluation.json: held-out pair accuracy, margin and mean scores; the step-0 evaluation is the baseline.
     ``reward_model`` is the folder to point a reward spec (or transformers) at: ``final/merged`` when LoRA saved
     one, else ``final``."""
-    final = Path(config.output_dir) / "final"
-    result = run_summary(config, model, state)
-    result["reward_model"] = str(final / "merged" if (final / "merged").is_dir() else final)
-    evals = [r for r in read_log(config.output_dir) if "eval_loss" in r]
-    if not evals:
-        return result
 
     def summary(record: dict) -> dict:
         return {"preference_accuracy": record["eval_rewards/accuracy"], "reward_margin": record["eval_rewards/margin"],
                 "reward_chosen": record["eval_rewards/chosen"], "reward_rejected": record["eval_rewards/rejected"],
                 "loss": record["eval_loss"]}
 
-    last, first = evals[-1], evals[0]
-    result["metrics"] = {name: {"value": value, "n_pairs": last["eval_items"]} for name, value in summary(last).items()}
-    if first["step"] == 0 and state["step"] > 0:
-        result["baseline"] = summary(first)
+    final = Path(config.output_dir) / "final"
+    result = evaluation_summary(config, model, run, summary, "n_pairs")
+    result["reward_model"] = str(final / "merged" if (final / "merged").is_dir() else final)
     return result
