@@ -118,7 +118,7 @@ def run_ours(data: Path, steps: int, out_dir: Path) -> dict:
         "task": "arithmetic", "task_options": TASK_OPTIONS, "num_train_prompts": NUM_PROMPTS, "num_eval_prompts": 0,
         "batch_size": PROMPTS_PER_STEP, "group_size": GROUP, "grad_accum_steps": 1, "max_new_tokens": MAX_NEW_TOKENS,
         "temperature": TEMPERATURE, "top_p": 1.0, "top_k": 0, "scale_rewards": "group", "loss_aggregation": "grpo",
-        "epsilon_low": 0.2, "num_iterations": 1, "beta": 0.0, "mask_truncated_completions": False,
+        "epsilon": 0.2, "num_iterations": 1, "beta": 0.0, "mask_truncated_completions": False,
         "max_steps": steps, "learning_rate": LR, "lr_schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0,
         "max_grad_norm": 1.0, "gradient_checkpointing": False, "logging_steps": 1, "eval_on_start": False,
         "save_steps": None, "progress_bar": False,

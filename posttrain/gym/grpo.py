@@ -40,7 +40,7 @@ class GRPOConfig(GymConfig):
     minibatch_size: int = 1024  # steps
     hidden: int = 64
     learning_rate: float = 3e-3
-    clip_epsilon: float = 0.2
+    epsilon: float = 0.2
     advantage_scale: str = "group"  # group, batch or none (see group_advantages)
 
 
@@ -109,7 +109,7 @@ def optimise(policy, optimizer, batch: dict[str, torch.Tensor], config: GRPOConf
             logits = policy(batch["observations"][index])
             logps = torch.log_softmax(logits, -1).gather(1, batch["actions"][index, None]).squeeze(1)
             clipped = clipped_policy_loss(logps, batch["old_logps"][index], batch["advantages"][index],
-                                          config.clip_epsilon)
+                                          config.epsilon)
             loss = clipped.loss.mean()
             optimizer.zero_grad()
             loss.backward()

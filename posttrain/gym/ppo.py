@@ -47,11 +47,11 @@ class PPOConfig(GymConfig):
     learning_rate: float = 1e-3
     gamma: float = 0.99
     gae_lambda: float = 0.95
-    clip_epsilon: float = 0.2
-    # the value loss stops rewarding moves of V beyond old V +- value_clip (None: plain squared error); the paper's
-    # code uses 0.2 with normalised returns, CartPole's values reach 100
-    value_clip: float | None = 10.0
-    value_coef: float = 0.5
+    epsilon: float = 0.2
+    # the value loss stops rewarding moves of V beyond old V +- cliprange_value (None: plain squared error); the
+    # paper's code uses 0.2 with normalised returns, CartPole's values reach 100
+    cliprange_value: float | None = 10.0
+    vf_coef: float = 0.5
     entropy_coef: float = 0.0
     max_grad_norm: float = 0.5
 
@@ -125,12 +125,12 @@ def optimise(actor, critic, optimizer, parameters, batch: dict[str, torch.Tensor
             logits = actor(batch["observations"][index])
             logps = torch.log_softmax(logits, -1).gather(1, batch["actions"][index, None]).squeeze(1)
             advantages = whiten(batch["advantages"][index])  # per minibatch, as in the reference implementation
-            policy = clipped_policy_loss(logps, batch["old_logps"][index], advantages, config.clip_epsilon)
+            policy = clipped_policy_loss(logps, batch["old_logps"][index], advantages, config.epsilon)
             values = critic(batch["observations"][index]).squeeze(-1)
             value_loss, _ = clipped_value_loss(values, batch["old_values"][index], batch["returns"][index],
-                                               config.value_clip)
+                                               config.cliprange_value)
             entropy = entropy_from_logits(logits).mean()
-            loss = policy.loss.mean() + config.value_coef * value_loss.mean() - config.entropy_coef * entropy
+            loss = policy.loss.mean() + config.vf_coef * value_loss.mean() - config.entropy_coef * entropy
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)

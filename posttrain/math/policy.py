@@ -18,18 +18,18 @@ class ClippedLoss(NamedTuple):
 
 
 def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
-                        epsilon_low: float = 0.2, epsilon_high: float | None = None) -> ClippedLoss:
+                        epsilon: float = 0.2, epsilon_high: float | None = None) -> ClippedLoss:
     """PPO's clipped surrogate (Schulman et al. 2017, https://arxiv.org/abs/1707.06347), negated to a loss:
 
         rho_t = exp(logp_t - old_logp_t)
-        L_t   = - min(rho_t A_t, clip(rho_t, 1 - eps_low, 1 + eps_high) A_t)
+        L_t   = - min(rho_t A_t, clip(rho_t, 1 - epsilon, 1 + epsilon_high) A_t)
 
-    ``epsilon_high`` defaults to ``epsilon_low``; a larger one is DAPO's clip-higher (Yu et al. 2025).
+    ``epsilon_high`` defaults to ``epsilon``; a larger one is DAPO's clip-higher (Yu et al. 2025).
     """
-    epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logps - old_logps.detach())
     unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * advantages
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon_high) * advantages
     return ClippedLoss(-torch.min(unclipped, clipped), clipped < unclipped, ratio)
 
 

@@ -42,21 +42,21 @@ def token_level_scores(scores: torch.Tensor, completion_mask: torch.Tensor, mode
 
 
 def kl_penalized_rewards(token_scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor,
-                         completion_mask: torch.Tensor, kl_coef: float, estimator: str = "k1"
+                         completion_mask: torch.Tensor, beta: float, estimator: str = "k1"
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """The PPO-RLHF per-token reward (Ziegler et al. 2019, https://arxiv.org/abs/1909.08593; Ouyang et al. 2022):
 
-        r_t = score_t - kl_coef * kl_t,      kl_t = k1 / k2 / k3 estimate of KL(pi || pi_ref) at token t
+        r_t = score_t - beta * kl_t,      kl_t = k1 / k2 / k3 estimate of KL(pi || pi_ref) at token t
 
     Returns ``(rewards, kl)``, both ``(B, T)`` and zero outside the completion. With the k1 estimator the penalty
-    summed over a sequence is kl_coef * log pi(y|x) / pi_ref(y|x), the KL of the sequence in expectation.
+    summed over a sequence is beta * log pi(y|x) / pi_ref(y|x), the KL of the sequence in expectation.
     """
     mask = completion_mask.to(logps.dtype)
     kl = kl_estimate(logps, ref_logps, estimator) * mask
-    return (token_scores - kl_coef * kl) * mask, kl
+    return (token_scores - beta * kl) * mask, kl
 
 
-def adaptive_kl_coef(kl_coef: float, measured_kl: float, target_kl: float, horizon: float, n_steps: int) -> float:
+def adaptive_kl_coef(beta: float, measured_kl: float, target_kl: float, horizon: float, n_steps: int) -> float:
     """Adaptive KL control (Ziegler et al. 2019, section 2.2), a proportional controller on the sequence KL:
 
         e      = clip(KL / target - 1, -0.2, 0.2)
@@ -65,7 +65,7 @@ def adaptive_kl_coef(kl_coef: float, measured_kl: float, target_kl: float, horiz
     ``n_steps``: samples in the rollout that measured KL; ``horizon``: samples over which beta may change by e^(+-0.2).
     """
     error = min(max(measured_kl / target_kl - 1.0, -0.2), 0.2)
-    return kl_coef * (1.0 + error * n_steps / horizon)
+    return beta * (1.0 + error * n_steps / horizon)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ Algorithm (one optimizer step; the engine runs the loop, precision, clipping, ch
          rloo       A_i = r'_i - mean of the other G-1 r'_j,  r' = r - beta * KL(pi || pi_ref) of the sequence
          reinforce  A_i = r'_i - b,  b a moving average of the mean reward
     4. num_iterations (mu) policy updates on that rollout with the clipped surrogate
-         L_t = -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A)  (+ beta k3_t for GRPO)
+         L_t = -min(rho_t A, clip(rho_t, 1 - epsilon, 1 + epsilon_high) A)  (+ beta k3_t for GRPO)
        aggregated per sequence (grpo), per token (token) or by a constant (dr_grpo); with mu = 1 the ratio is 1 and
        this is the plain policy gradient
 """
@@ -56,9 +56,11 @@ class GRPOConfig(OnlineRLConfig):
     loss_aggregation: Literal["grpo", "token", "dr_grpo"] = option(
         "grpo", help="grpo: mean over each completion's tokens, then over completions; token: mean over all tokens of "
                      "the step; dr_grpo: sum / (completions x max_new_tokens)")
-    epsilon_low: float = option(0.2, min=0, help="lower clip of the ratio pi / pi_old: 1 - epsilon_low")
-    epsilon_high: float | None = option(None, min=0, help="upper clip of the ratio pi / pi_old: 1 + epsilon_high; "
-                                                          "None: epsilon_low")
+    epsilon: float = option(0.2, min=0, aliases=("epsilon_low",),
+                            help="lower clip of the ratio pi / pi_old: 1 - epsilon (and the upper one, 1 + epsilon, "
+                                 "unless epsilon_high is set)")
+    epsilon_high: float | None = option(None, min=0, help="upper clip of the ratio pi / pi_old: 1 + epsilon_high "
+                                                          "(DAPO's clip-higher); None: epsilon")
     num_iterations: int = option(1, min=1, help="mu: policy updates (optimizer steps) per rollout")
     beta: float = option(0.0, min=0, help="KL coefficient toward the reference policy; 0 loads no reference model")
     kl_estimator: Literal["k1", "k2", "k3"] = option("k3", help="estimator of KL(pi || pi_ref) per token (Schulman "
@@ -172,7 +174,7 @@ class PolicyGradientMethod(OnlineRLMethod):
         stats, mask = token_logps(model, batch, with_entropy=True, temperature=config.temperature)
         old_logps = batch.get("old_token_logps", stats.logps.detach())
         advantages = batch["advantages"].unsqueeze(-1)
-        surrogate = clipped_policy_loss(stats.logps, old_logps, advantages, config.epsilon_low, config.epsilon_high)
+        surrogate = clipped_policy_loss(stats.logps, old_logps, advantages, config.epsilon, config.epsilon_high)
         token_losses = surrogate.loss
         if config.method in KL_IN_LOSS and self.reference is not None:
             kl = kl_estimate(stats.logps, batch["ref_token_logps"], config.kl_estimator)

@@ -9,13 +9,13 @@ Algorithm, for each rollout of B = batch_size x grad_accum_steps prompts:
     1. sample one completion y ~ pi_old(. | x) per prompt                       (posttrain.rollout)
     2. score s(x, y): the rewards; optionally - penalty without EOS, whitened, clipped
     3. no grad: log pi_old, log pi_ref and V_old at every completion token
-    4. r_t = s on the last token (sparse) or s / |y| on each (dense) - kl_coef * kl_t    (posttrain.math.rlhf)
+    4. r_t = s on the last token (sparse) or s / |y| on each (dense) - beta * kl_t        (posttrain.math.rlhf)
     5. A_t, R_t = GAE(r, V_old; gamma, lambda) (posttrain.math.token_gae); A whitened over the rollout
     6. for each of ppo_epochs: shuffle the rollout into num_minibatches minibatches; each is one optimizer step of
          L = mean_t [ -min(rho_t A_t, clip(rho_t, 1 +- eps) A_t) + vf_coef * max((V - R)^2, (V_clip - R)^2) / 2
                       - entropy_coef * H_t ]                                    (token mean over the minibatch)
        and the epochs stop early when the approximate KL to pi_old exceeds kl_stop
-    7. adapt kl_coef toward target_kl (Ziegler et al. 2019)
+    7. adapt beta toward target_kl (Ziegler et al. 2019)
 One engine step is one minibatch update, so max_steps = rollouts x ppo_epochs x num_minibatches; a step that starts a
 rollout takes its prompts, the steps that reuse it ignore theirs.
 """
@@ -85,19 +85,23 @@ class PPOConfig(OnlineRLConfig):
     num_minibatches: int = option(1, min=1, help="minibatches per pass, each one optimizer step")
     gamma: float = option(1.0, min=0, max=1, help="GAE's discount per token")
     gae_lambda: float = option(0.95, min=0, max=1, help="GAE's lambda: 0 one-step TD, 1 Monte Carlo returns")
-    cliprange: float = option(0.2, min=0, help="clip of the ratio pi / pi_old to [1 - cliprange, 1 + cliprange]")
+    epsilon: float = option(0.2, min=0, aliases=("cliprange",),
+                            help="clip of the ratio pi / pi_old to [1 - epsilon, 1 + epsilon] (upper: epsilon_high)")
+    epsilon_high: float | None = option(None, min=0, help="upper clip of the ratio pi / pi_old: 1 + epsilon_high "
+                                                          "(DAPO's clip-higher); None: epsilon")
     cliprange_value: float | None = option(0.2, min=0, help="clip of the value update V - V_old to +-cliprange_value; "
                                                             "None: unclipped value loss")
     vf_coef: float = option(0.1, min=0, help="weight of the value loss")
     value_learning_rate: float | None = option(None, min=0, help="the critic's own learning rate; None: learning_rate")
     entropy_coef: float = option(0.0, min=0, help="weight of the entropy bonus")
-    kl_coef: float = option(0.05, min=0, help="beta of r_t = s_t - beta kl_t (the initial one, when target_kl makes it "
-                                              "adaptive)")
+    beta: float = option(0.05, min=0, aliases=("kl_coef",),
+                         help="KL coefficient of r_t = s_t - beta kl_t (the initial one, when target_kl makes it "
+                              "adaptive); 0 with no target_kl loads no reference model")
     kl_estimator: Literal["k1", "k2", "k3"] = option("k1", help="estimator of KL(pi || pi_ref) per token in the reward "
                                                                 "(Schulman 2020)")
-    target_kl: float | None = option(None, min=0, help="adaptive KL control of kl_coef toward this sequence KL "
-                                                       "(Ziegler et al. 2019); None: fixed kl_coef")
-    kl_horizon: float = option(10000.0, min=1, help="horizon of the adaptive KL controller: larger adapts kl_coef more "
+    target_kl: float | None = option(None, min=0, help="adaptive KL control of beta toward this sequence KL "
+                                                       "(Ziegler et al. 2019); None: fixed beta")
+    kl_horizon: float = option(10000.0, min=1, help="horizon of the adaptive KL controller: larger adapts beta more "
                                                     "slowly")
     kl_stop: float | None = option(None, min=0, help="skip a rollout's remaining updates once an update's approximate "
                                                      "KL to pi_old exceeds this; None: never")
@@ -171,7 +175,7 @@ class PPOMethod(OnlineRLMethod):
     def __init__(self, config: PPOConfig, tokenizer, setup: OnlineRLSetup, reference: ReferencePolicy | None):
         super().__init__(config, tokenizer, setup)
         self.reference = reference
-        self.kl_coef = config.kl_coef
+        self.beta = config.beta  # adapted toward target_kl after each rollout
         self.rollout_rows: dict[str, torch.Tensor] | None = None
         self.schedule: list[torch.Tensor] = []  # the minibatch row indices still to train on, in order
         self.stats: dict[str, float] = {}
@@ -212,7 +216,7 @@ class PPOMethod(OnlineRLMethod):
         old, old_values, mask = model(rows, config.temperature)
         ref_logps = self.reference.token_logps(model.policy, rows, config.temperature) if self.reference else old.logps
         token_scores = token_level_scores(scores.to(mask.device), mask, config.reward_mode)
-        rewards, kl = kl_penalized_rewards(token_scores, old.logps, ref_logps, mask, self.kl_coef, config.kl_estimator)
+        rewards, kl = kl_penalized_rewards(token_scores, old.logps, ref_logps, mask, self.beta, config.kl_estimator)
         advantages, returns = token_gae(rewards, old_values, mask, config.gamma, config.gae_lambda)
         rows.update(old_logps=old.logps, old_values=old_values, returns=returns, advantages=whiten(advantages, mask))
         self.rollout_rows = rows
@@ -225,8 +229,8 @@ class PPOMethod(OnlineRLMethod):
         self.rollout_stats = {
             **rollout_metrics(scored),
             "score": float(scores.mean()), "reward_with_kl": float(masked_sum(rewards, mask, -1).mean()),
-            "non_score_reward": float(-self.kl_coef * sequence_kl.mean()), "kl": float(sequence_kl.mean()),
-            "kl_coef": self.kl_coef, "advantage_mean": float(masked_mean(advantages, mask)),
+            "non_score_reward": float(-self.beta * sequence_kl.mean()), "kl": float(sequence_kl.mean()),
+            "kl_coef": self.beta, "advantage_mean": float(masked_mean(advantages, mask)),
             "advantage_std": float(masked_mean((advantages - masked_mean(advantages, mask)) ** 2, mask).sqrt()),
             "value_mean": float(masked_mean(old_values, mask)), "return_mean": float(masked_mean(returns, mask)),
             "explained_variance": explained_variance(old_values, returns, mask),
@@ -248,7 +252,8 @@ class PPOMethod(OnlineRLMethod):
     def loss(self, model, batch: dict[str, torch.Tensor]) -> LossOutput:
         config = self.config
         stats, values, mask = model(batch, config.temperature, with_entropy=True)
-        policy = clipped_policy_loss(stats.logps, batch["old_logps"], batch["advantages"], config.cliprange)
+        policy = clipped_policy_loss(stats.logps, batch["old_logps"], batch["advantages"], config.epsilon,
+                                     config.epsilon_high)
         value_loss, value_clipped = clipped_value_loss(values, batch["old_values"], batch["returns"],
                                                        config.cliprange_value)
         token_losses = policy.loss + config.vf_coef * value_loss - config.entropy_coef * stats.entropy
@@ -274,7 +279,7 @@ class PPOMethod(OnlineRLMethod):
 
     # --------------------------------------------------------------------------------- step 7: after an update
     def after_update(self, step: int) -> None:
-        """The rollout ends after its last update, or early when the approximate KL passes kl_stop: adapt kl_coef
+        """The rollout ends after its last update, or early when the approximate KL passes kl_stop: adapt beta
         and write the rollout's line of ppo_metrics.jsonl."""
         kl_stop, approx_kl = self.config.kl_stop, self.last_update.get("approx_kl", 0.0)
         if kl_stop is not None and approx_kl > kl_stop and self.schedule:
@@ -289,18 +294,18 @@ class PPOMethod(OnlineRLMethod):
         record = {"step": step, **self.rollout_stats, "updates": updates,
                   **{name: value / updates if name != "early_stopped" else value for name, value in self.cycle.items()}}
         if config.target_kl is not None:
-            self.kl_coef = adaptive_kl_coef(self.kl_coef, self.rollout_stats["kl"], config.target_kl, config.kl_horizon,
+            self.beta = adaptive_kl_coef(self.beta, self.rollout_stats["kl"], config.target_kl, config.kl_horizon,
                                             len(self.rollout_rows["input_ids"]))
         with open(Path(config.output_dir) / "ppo_metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
-        """The adapted kl_coef. A rollout cut by a checkpoint is not saved: a resumed run goes on with a fresh one."""
-        return {"kl_coef": self.kl_coef}
+        """The adapted beta. A rollout cut by a checkpoint is not saved: a resumed run goes on with a fresh one."""
+        return {"beta": self.beta}
 
     def load_state_dict(self, state: dict, step: int) -> None:
-        self.kl_coef = state.get("kl_coef", self.kl_coef)
+        self.beta = state.get("beta", self.beta)
 
 
 # ------------------------------------------------------------------------------------------------------ set-up
@@ -312,7 +317,7 @@ def train_ppo(config: PPOConfig, callbacks=None) -> dict:
                           "rollout (batch_size x grad_accum_steps)")
     policy, tokenizer, setup = load_online_rl(config, reward_specs=lambda task: reward_specs(config, task))
     note_reward_tokenizers(setup.reward, tokenizer)
-    reference = ReferencePolicy(policy) if config.kl_coef > 0 or config.target_kl is not None else None
+    reference = ReferencePolicy(policy) if config.beta > 0 or config.target_kl is not None else None
     model = PolicyAndValue(policy, *build_critic(config, policy, tokenizer))
     method = PPOMethod(config, tokenizer, setup, reference)
     return train_online(config, model, tokenizer, method, callbacks, PolicyAndValueFiles(model, tokenizer, config.model))

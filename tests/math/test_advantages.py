@@ -63,10 +63,10 @@ def test_clipped_policy_loss_cases():
     """A = +1, ratio 1.5 with eps 0.2: min(1.5, 1.2) = 1.2 -> loss -1.2, clipped. A = -1, ratio 0.5: min(-0.5, -0.8)
     = -0.8 -> loss 0.8, clipped. A = +1, ratio 0.5: min(0.5, 0.8) = 0.5 -> loss -0.5, not clipped."""
     logps = torch.log(torch.tensor([1.5, 0.5, 0.5]))
-    out = clipped_policy_loss(logps, torch.zeros(3), torch.tensor([1.0, -1.0, 1.0]), epsilon_low=0.2)
+    out = clipped_policy_loss(logps, torch.zeros(3), torch.tensor([1.0, -1.0, 1.0]), epsilon=0.2)
     torch.testing.assert_close(out.loss, torch.tensor([-1.2, 0.8, -0.5]))
     assert out.clipped.tolist() == [True, True, False]
-    high = clipped_policy_loss(logps[:1], torch.zeros(1), torch.ones(1), epsilon_low=0.2, epsilon_high=0.28)
+    high = clipped_policy_loss(logps[:1], torch.zeros(1), torch.ones(1), epsilon=0.2, epsilon_high=0.28)
     torch.testing.assert_close(high.loss, torch.tensor([-1.28]))
 
 

@@ -194,7 +194,7 @@ def test_clipped_policy_loss_matches_core():
     fn = core_function("clipped_policy_loss")
     losses, grads, _ = micro_ppo()
     logps = t64(LOGPS, True)
-    out = first_tensor(fn(logps=logps, old_logps=t64(OLD_LOGPS), advantages=t64(ADVANTAGES), epsilon_low=CLIP))
+    out = first_tensor(fn(logps=logps, old_logps=t64(OLD_LOGPS), advantages=t64(ADVANTAGES), epsilon=CLIP))
     out.sum().backward()
     assert losses == pytest.approx(out.tolist(), abs=TOL)
     assert grads == pytest.approx(logps.grad.tolist(), abs=TOL)

@@ -65,7 +65,7 @@ def test_loss_does_not_depend_on_how_the_rollout_batch_is_split(aggregation, tok
     rows = collate_sequences(sequences, tokenizer.pad_token_id)
     rows["advantages"] = torch.randn(6, generator=g)
     rows["old_token_logps"] = torch.randn(6, rows["input_ids"].shape[1] - 1, generator=g) * 0.1 - 5.0
-    config = GRPOConfig(loss_aggregation=aggregation, max_new_tokens=8, epsilon_low=0.2)
+    config = GRPOConfig(loss_aggregation=aggregation, max_new_tokens=8, epsilon=0.2)
     method = PolicyGradientMethod(config, tokenizer, None, None)
 
     def loss_and_grad(splits):
@@ -99,7 +99,7 @@ def test_groups_scored_with_their_prompt_once_give_the_padded_loss_and_gradient(
     rows["old_token_logps"] = torch.randn(6, rows["input_ids"].shape[1] - 1, generator=g) * 0.1 - 5.0
     rows["prompt_index"] = torch.tensor([0, 0, 0, 1, 1, 1])
     rows["prompt_length"] = torch.tensor([6, 6, 6, 4, 4, 4])
-    config = GRPOConfig(loss_aggregation=aggregation, max_new_tokens=8, epsilon_low=0.2)
+    config = GRPOConfig(loss_aggregation=aggregation, max_new_tokens=8, epsilon=0.2)
     method = PolicyGradientMethod(config, tokenizer, None, None)
     packed = method.model_batch(rows)
     assert "packed_input_ids" in packed and packed["packed_input_ids"].numel() < rows["input_ids"].numel()

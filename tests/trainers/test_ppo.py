@@ -145,3 +145,17 @@ def test_a_value_model_with_another_tokenizer_is_refused(tmp_path, reward_module
     save_model(model, tokenizer, tmp_path / "other")
     with pytest.raises(ConfigError, match="another tokenizer"):
         train(ppo_config(tmp_path, value_model=str(tmp_path / "other")))
+
+
+def test_old_spellings_of_beta_and_epsilon_still_load_with_a_warning():
+    """PPO's kl_coef / cliprange and GRPO's epsilon_low are the same quantities as beta / epsilon everywhere else."""
+    from posttrain.api import build_method_config
+
+    with pytest.warns(FutureWarning, match="'kl_coef' is deprecated; use 'beta'"):
+        _, ppo = build_method_config({"method": "ppo", "kl_coef": 0.1, "cliprange": 0.3})
+    assert (ppo.beta, ppo.epsilon) == (0.1, 0.3)
+    with pytest.warns(FutureWarning, match="'epsilon_low' is deprecated; use 'epsilon'"):
+        _, grpo = build_method_config({"method": "grpo", "epsilon_low": 0.25})
+    assert grpo.epsilon == 0.25
+    with pytest.raises(ConfigError, match="kl_coef"):
+        build_method_config({"method": "ppo", "kl_coef": 0.1, "beta": 0.2})
