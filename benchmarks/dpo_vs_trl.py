@@ -92,7 +92,8 @@ def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool
     from posttrain.api import build_method_config
     from posttrain.engine import Engine
     from posttrain.trainers.common import load_policy
-    from posttrain.trainers.dpo import PreferenceMethod, load_pair_examples
+    from posttrain.data import load_examples
+    from posttrain.trainers.dpo import PreferenceMethod
     from posttrain.trainers.reference import ReferencePolicy, precompute_reference_logps
 
     _, config = build_method_config({
@@ -107,7 +108,7 @@ def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool
                  "max_completion_length": MAX_COMPLETION},
     })
     model, tokenizer = load_policy(config)
-    examples, _ = load_pair_examples(config, tokenizer)
+    examples, _ = load_examples(config.data, tokenizer, "pairs")
     first = examples[:BATCH]
     reference = None
     precompute_s = None
@@ -145,7 +146,7 @@ def run_ours(data: Path, steps: int, out_dir: Path, lora: bool, precompute: bool
         "step_tokens": step_tokens, "first_batch_tokens": sum(pair_tokens(e.prompt_ids, e.chosen_ids, e.rejected_ids)
                                                                for e in first),
         "first_batch_ids": ids_digest((e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in first),
-        "truncated": 0,  # load_pair_examples logs truncation; benchmark_rows stays within the limits
+        "truncated": 0,  # load_examples logs truncation; benchmark_rows stays within the limits
         "precompute_s": precompute_s,
         "dataset_tokens": sum(pair_tokens(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples),
     }

@@ -92,11 +92,11 @@ def timing_summary(step_ends: list[float], generation_s: list[float], completion
 
 def run_ours(data: Path, steps: int, out_dir: Path) -> dict:
     from posttrain.api import train
-    from posttrain.trainers import grpo
-    from posttrain.trainers.common import read_log
+    from posttrain.engine.run_log import read_jsonl
+    from posttrain.trainers import rl
 
     sampled = []  # (prompt digest, seconds, completion tokens) per sample() call
-    original_sample = grpo.sample
+    original_sample = rl.sample
 
     def timed_sample(model, tokenizer, prompt_ids, params, **kwargs):
         started = time.perf_counter()
@@ -105,7 +105,7 @@ def run_ours(data: Path, steps: int, out_dir: Path) -> dict:
                         int(rollout.completion_mask.sum())))
         return rollout
 
-    grpo.sample = timed_sample
+    rl.sample = timed_sample  # num_eval_prompts=0: every call is a training rollout
     step_ends, methods = [], []
 
     def on_step(engine, state):
@@ -124,9 +124,9 @@ def run_ours(data: Path, steps: int, out_dir: Path) -> dict:
         "save_steps": None, "progress_bar": False,
     }, callbacks=[on_step])
     rows = [json.loads(line) for line in data.read_text().splitlines()]
-    problems = methods[0].train_problems
+    problems = methods[0].setup.train_problems
     same_problems = [{"prompt": p.prompt, "answer": p.answer} for p in problems] == rows
-    first = next(r for r in read_log(out_dir) if r.get("step") == 1)
+    first = next(r for r in read_jsonl(out_dir / "log_history.jsonl") if r.get("step") == 1)
     return {
         **timing_summary(step_ends, [s for _, s, _ in sampled], [n for _, _, n in sampled]),
         "first_loss": first["loss"], "first_reward": first["reward"], "step_prompts": [d for d, _, _ in sampled],

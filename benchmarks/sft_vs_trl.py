@@ -43,10 +43,10 @@ def run_ours(data: Path, steps: int, out_dir: Path, micro_batches: int = 1, chec
     import torch
 
     from posttrain.api import build_method_config
-    from posttrain.data import collate
+    from posttrain.data import collate, load_examples
     from posttrain.engine import Engine
     from posttrain.models import load_model
-    from posttrain.trainers.sft import SFTLoss, load_sft_examples
+    from posttrain.trainers.sft import SFTLoss
 
     train_function, config = build_method_config({
         "method": "sft", "model": "smollm2-135m-instruct", "dtype": "float32", "precision": "fp32",
@@ -56,7 +56,7 @@ def run_ours(data: Path, steps: int, out_dir: Path, micro_batches: int = 1, chec
         "max_grad_norm": 1.0, "data": {"path": str(data), "max_length": MAX_LENGTH},
     })
     model, tokenizer = load_model(config.model, "float32")
-    examples, _ = load_sft_examples(config.data, tokenizer)
+    examples, _ = load_examples(config.data, tokenizer, "sft")
     batch = collate(examples[:BATCH], tokenizer.pad_token_id)
     method = SFTLoss()
     with torch.no_grad():

@@ -212,7 +212,7 @@ class PPOMethod(OnlineRLMethod):
         config = self.config
         scored = self.sample_and_score(model, example_index, step)
         rows = scored.rows
-        scores = self.shaped_scores(scored.rewards, scored.rollout.truncated)
+        scores = self.shaped_scores(scored.rewards, scored.rollout.truncated.to(scored.rewards.device))
         old, old_values, mask = model(rows, config.temperature)
         ref_logps = self.reference.token_logps(model.policy, rows, config.temperature) if self.reference else old.logps
         token_scores = token_level_scores(scores.to(mask.device), mask, config.reward_mode)

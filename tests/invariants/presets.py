@@ -87,13 +87,13 @@ def fingerprint(folder: Path) -> dict[str, list[float]]:
     return result
 
 
-def record(name: str, workdir: Path, reward_model: Path | None = None) -> dict:
+def record(name: str, workdir: Path, reward_model: Path | None = None, extra: dict | None = None) -> dict:
     from posttrain.api import train
 
     torch.set_num_threads(1)
     if str(Path(__file__).parent) not in sys.path:
         sys.path.insert(0, str(Path(__file__).parent))
-    overrides = dict(_SMALL, **OVERRIDES[name], output_dir=str(workdir / name), overwrite_output_dir=True)
+    overrides = dict(_SMALL, **OVERRIDES[name], output_dir=str(workdir / name), overwrite_output_dir=True, **(extra or {}))
     if name == "ppo":
         overrides["reward_model"] = str(reward_model)
     evaluation = train(str(ROOT / "configs" / f"{CONFIG_FILE.get(name, name)}.yaml"), overrides=[f"{k}={json.dumps(v)}" for k, v in overrides.items()])
