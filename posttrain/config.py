@@ -305,6 +305,8 @@ def _describe_field(f: dataclasses.Field, annotation: Any, given: list, source: 
             value = given[0]
         if default is MISSING or value != default:
             line += f"; {source} sets {_yaml(value)}"
+    if f.metadata.get("aliases"):
+        line += f"; formerly {', '.join(f.metadata['aliases'])}"
     indent = " " * 6
     help_text = textwrap.fill(f.metadata.get("help") or "(no help)", width, initial_indent=indent,
                               subsequent_indent=indent, break_on_hyphens=False)

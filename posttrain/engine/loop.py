@@ -13,20 +13,19 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
-from posttrain.config import option
 from posttrain.data.batching import count_real_tokens, split_micro_batches, step_batches
 from posttrain.data.tokenize import Example
-from posttrain.engine.checkpoint import list_checkpoints, load_checkpoint, load_model_weights, save_checkpoint
+from posttrain.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from posttrain.engine.config import EngineConfig
 from posttrain.engine.method import Method
 from posttrain.engine.optimizer import autocast_precision, build_optimizer, lr_factor, preallocate_training_state
+from posttrain.engine.output_dir import prepare_output_dir
 from posttrain.engine.run_log import (
     LOG_FILE,
     RunLog,
@@ -40,72 +39,6 @@ from posttrain.errors import ConfigError, PosttrainError
 from posttrain.io import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EngineConfig:
-    """The engine: the training loop every method shares."""
-
-    output_dir: str = option("runs/default", help="folder of the run: config.json, log_history.jsonl, checkpoints/, "
-                                                  "final/, evaluation.json")
-    seed: int = option(0, help="seeds torch, Python's random, the data order and (RL methods) the sampling")
-    max_steps: int | None = option(None, min=1, help="optimizer steps to train; None: num_epochs decides")
-    num_epochs: float = option(1.0, min=0, help="passes over the training set (fractions allowed), used when max_steps "
-                                                "is None")
-    batch_size: int = option(8, min=1, help="examples per micro-batch")
-    grad_accum_steps: int = option(1, min=1, help="micro-batches per optimizer step: a step sees batch_size x "
-                                                  "grad_accum_steps examples")
-    learning_rate: float = option(2e-5, min=0, help="AdamW's peak learning rate, reached after warmup_steps")
-    lr_schedule: Literal["constant", "linear", "cosine"] = option(
-        "cosine", help="after warmup: constant, or a linear or cosine decay to 0 at the last step")
-    warmup_steps: int = option(0, min=0, help="optimizer steps of linear warmup up to learning_rate")
-    weight_decay: float = option(0.0, min=0, help="AdamW's decoupled weight decay, applied to matrices only (biases "
-                                                  "and norm weights get none)")
-    adam_beta1: float = option(0.9, min=0, max=1, help="AdamW's decay rate of the gradient's moving average")
-    adam_beta2: float = option(0.999, min=0, max=1, help="AdamW's decay rate of the squared gradient's moving average")
-    adam_epsilon: float = option(1e-8, min=0, help="AdamW's epsilon, added to the square root in the denominator")
-    max_grad_norm: float = option(1.0, min=0, help="clip the gradients' global L2 norm to this; 0 disables clipping "
-                                                   "(the norm is still logged)")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
-        "auto", help="autocast precision of the forward passes; auto: bf16 on CUDA, fp32 on CPU; fp16 (CUDA only) adds "
-                     "a loss scaler")
-    gradient_checkpointing: bool = option(False, help="recompute activations in backward instead of keeping them: less "
-                                                      "memory, more compute")
-    # Kept buffers are not faulted in again each step, and do not leave 0.5 GB (SmolLM2-135M fp32) of freed blocks
-    # for activations to fragment. With accumulation the gradients are alive in every later micro-batch anyway, so
-    # keeping them adds no peak; without it, freeing them lets the next forward's activations reuse that memory.
-    # A kept gradient counts as zero (not skipped by AdamW) in a step where no loss reaches its parameter.
-    keep_grad_buffers: bool | None = option(None, help="zero the gradients in place after each step instead of freeing "
-                                                       "them; None: keep them when grad_accum_steps > 1")
-    # No full set of gradients at the peak: 0.54 GB less for SmolLM2-135M in fp32 (posttrain.engine.step_in_backward
-    # says why it cannot clip or accumulate).
-    optimizer_in_backward: bool = option(False, help="step each parameter inside backward as soon as its gradient is "
-                                                     "ready, then free that gradient; needs max_grad_norm: 0 and "
-                                                     "grad_accum_steps: 1")
-    logging_steps: int = option(10, min=1, help="optimizer steps per log_history.jsonl record (loss and metrics "
-                                                "averaged over them); the last step is always logged")
-    eval_steps: int | None = option(None, min=1, help="evaluate every N optimizer steps; None: at the end only")
-    eval_on_start: bool = option(True, help="also evaluate at step 0: the baseline that final figures are compared "
-                                            "with")
-    eval_batch_size: int = option(16, min=1, help="examples per forward pass in the engine's evaluation")
-    patience: int | None = option(None, min=1, help="stop after this many evaluations in a row without a lower "
-                                                    "eval_loss; None: never stop early")
-    save_steps: int | None = option(None, min=1, help="write a checkpoint (checkpoints/step_N/) every N optimizer "
-                                                      "steps; None: none, only final/")
-    save_total_limit: int | None = option(2, min=1, help="checkpoints kept, the newest (older ones are deleted); None: "
-                                                         "keep all")
-    max_consecutive_nonfinite: int = option(5, min=1, help="optimizer steps in a row with a non-finite loss or "
-                                                           "gradient (each skipped) before the run stops with an error")
-    resume_from: str | None = option(None, help="a checkpoint folder to resume from; None: re-running into the same "
-                                                "output_dir resumes from its newest checkpoint by itself")
-    overwrite_output_dir: bool = option(False, help="delete a previous run's outputs in output_dir and start over, "
-                                                    "instead of resuming or refusing")
-    shuffle: bool = option(True, help="shuffle the training examples each epoch (seeded by seed and the epoch)")
-    bucket_window: int = option(16, min=1, help="step batches per length-sorting window: examples of similar length "
-                                                "share a batch, which cuts padding")
-    tensorboard: bool = option(False, help="also write TensorBoard events to output_dir/tensorboard (needs the "
-                                           "tensorboard extra)")
-    progress_bar: bool = option(True, help="show a progress bar; false: log each record as a JSON line instead")
 
 
 class NonFiniteLossError(PosttrainError):
@@ -157,7 +90,8 @@ class Engine:
     def train(self) -> dict:
         """Run to ``total_steps`` (or early stop); returns the final trainer state."""
         config = self.config
-        resume_dir = self._prepare_output_dir()
+        resume_dir = prepare_output_dir(self.output_dir, config.resume_from, config.overwrite_output_dir,
+                                        self.method.outputs)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.output_dir / "config.json", json.dumps(self.resolved_config, indent=2) + "\n")
         torch.manual_seed(config.seed)
@@ -238,29 +172,40 @@ class Engine:
                         self.state["step"] + 1)
             self.state["window"]["empty"] = self.state["window"].get("empty", 0) + 1
             return 0.0, self.method.step_metrics(), 0, 0.0, True
-        loss_total = 0.0
-        metrics: dict[str, float] = {}
         if self.step_in_backward:
             self.step_in_backward.start()
+        loss_total, metrics = self._backward(micro, total_items)
+        metrics.update(self.method.step_metrics())
+        tokens = sum(count_real_tokens(b) for b in micro if "attention_mask" in b)
+        grad_norm, finite = self._update(loss_total)
+        return loss_total, metrics, tokens, grad_norm, finite
+
+    def _backward(self, micro: list[dict[str, torch.Tensor]], total_items: int) -> tuple[float, dict[str, float]]:
+        """Backward through each micro-batch's loss, divided by the whole step's item count (the same normaliser
+        for every micro-batch, so accumulation is exact); the step's loss and metric means."""
+        loss_total = 0.0
+        metrics: dict[str, float] = {}
         for batch in micro:
             if self.method.count(batch) == 0:  # e.g. every row of an RL micro-batch filtered out
                 continue
             with self._autocast():
                 out = self.method.loss(self.model, batch)
-            loss = out.loss_sum / total_items  # the same normaliser for every micro-batch: accumulation is exact
+            loss = out.loss_sum / total_items
             loss_total += loss.item()
             if self.step_in_backward and not math.isfinite(loss_total):
-                continue  # its backward would update the weights; the step counts as non-finite below
+                continue  # its backward would update the weights; the step counts as non-finite in _update
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             for name, value in out.metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + float(value) / total_items
-        metrics.update(self.method.step_metrics())
-        tokens = sum(count_real_tokens(b) for b in micro if "attention_mask" in b)
+        return loss_total, metrics
+
+    def _update(self, loss_total: float) -> tuple[float, bool]:
+        """Clip and step (unless step-in-backward has stepped already), then the schedule; ``(grad norm, finite)``."""
         if self.step_in_backward:  # backward has updated the weights already; the rest of the step is bookkeeping
             grad_norm, grads_finite = self.step_in_backward.finish()
             finite = math.isfinite(loss_total) and grads_finite
             self._after_update(finite, loss_total, grad_norm)
-            return loss_total, metrics, tokens, grad_norm, finite
+            return grad_norm, finite
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -275,7 +220,7 @@ class Engine:
                 self.optimizer.step()
         self._after_update(finite, loss_total, grad_norm)
         self.optimizer.zero_grad(set_to_none=not self._keep_grad_buffers())
-        return loss_total, metrics, tokens, grad_norm, finite
+        return grad_norm, finite
 
     def _after_update(self, finite: bool, loss_total: float, grad_norm: float) -> None:
         """Advance the LR schedule after an update; count non-finite steps and stop after too many in a row."""
@@ -357,33 +302,6 @@ class Engine:
         log.warning("resumed from %s at step %d", directory, state["step"])
         return state
 
-    def _prepare_output_dir(self) -> Path | None:
-        """Resume from ``resume_from`` or the newest checkpoint in output_dir; refuse to write over a finished run."""
-        out = self.output_dir
-        if self.config.resume_from:
-            resume = Path(self.config.resume_from)
-            if not (resume / "trainer_state.json").is_file():
-                raise ConfigError(f"resume_from={resume}: not a complete checkpoint (no trainer_state.json)")
-            return resume
-        checkpoints = list_checkpoints(out / "checkpoints")
-        finished = (out / "final").exists()
-        if self.config.overwrite_output_dir:
-            clear_run_outputs(out, self.method.outputs)
-            return None
-        if finished:
-            raise ConfigError(
-                f"output_dir {out} holds a finished run (final/ exists); choose another output_dir or set "
-                "overwrite_output_dir=true"
-            )
-        if checkpoints:
-            return checkpoints[-1]
-        if out.exists() and any(p.name != "config.json" for p in out.iterdir()):
-            raise ConfigError(
-                f"output_dir {out} is not empty and holds no checkpoint to resume from; choose another output_dir "
-                "or set overwrite_output_dir=true"
-            )
-        return None
-
     # --------------------------------------------------------------------------------------------- set-up
     def _fresh_state(self) -> dict:
         return {
@@ -430,17 +348,3 @@ class Engine:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-
-# the engine's own outputs; a method's (Method.outputs) are cleared with them
-RUN_OUTPUTS = (LOG_FILE, "evaluation.json", "checkpoints", "final", "tensorboard")
-
-
-def clear_run_outputs(output_dir: Path, method_outputs: tuple[str, ...] = ()) -> None:
-    """Remove a previous run's outputs (only the names of the output contract, never anything else in the folder)."""
-    for name in (*RUN_OUTPUTS, *method_outputs):
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()

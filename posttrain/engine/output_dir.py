@@ -1,0 +1,51 @@
+"""The run's folder: resume from its newest complete checkpoint, refuse to write over a finished or foreign run, or
+clear a previous run's outputs (only the names of the output contract, never anything else in the folder)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from posttrain.engine.checkpoint import STATE_FILE, list_checkpoints
+from posttrain.engine.run_log import LOG_FILE
+from posttrain.errors import ConfigError
+
+# the engine's own outputs; a method's (Method.outputs) are cleared with them
+RUN_OUTPUTS = (LOG_FILE, "evaluation.json", "checkpoints", "final", "tensorboard")
+
+
+def prepare_output_dir(output_dir: Path, resume_from: str | None, overwrite: bool,
+                       method_outputs: tuple[str, ...] = ()) -> Path | None:
+    """The checkpoint to resume from (``resume_from``, or the newest in output_dir), or None for a fresh run."""
+    if resume_from:
+        resume = Path(resume_from)
+        if not (resume / STATE_FILE).is_file():
+            raise ConfigError(f"resume_from={resume}: not a complete checkpoint (no {STATE_FILE})")
+        return resume
+    if overwrite:
+        clear_run_outputs(output_dir, method_outputs)
+        return None
+    if (output_dir / "final").exists():
+        raise ConfigError(
+            f"output_dir {output_dir} holds a finished run (final/ exists); choose another output_dir or set "
+            "overwrite_output_dir=true"
+        )
+    checkpoints = list_checkpoints(output_dir / "checkpoints")
+    if checkpoints:
+        return checkpoints[-1]
+    if output_dir.exists() and any(p.name != "config.json" for p in output_dir.iterdir()):
+        raise ConfigError(
+            f"output_dir {output_dir} is not empty and holds no checkpoint to resume from; choose another "
+            "output_dir or set overwrite_output_dir=true"
+        )
+    return None
+
+
+def clear_run_outputs(output_dir: Path, method_outputs: tuple[str, ...] = ()) -> None:
+    """Remove a previous run's outputs: the engine's and the method's, nothing else."""
+    for name in (*RUN_OUTPUTS, *method_outputs):
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
