@@ -46,7 +46,7 @@ def run_ours(data: Path, steps: int, out_dir: Path, micro_batches: int = 1, chec
     from posttrain.data import collate, load_examples
     from posttrain.engine import Engine
     from posttrain.models import load_model
-    from posttrain.trainers.sft import SFTLoss
+    from posttrain.trainers.sft import SFTMethod
 
     train_function, config = build_method_config({
         "method": "sft", "model": "smollm2-135m-instruct", "dtype": "float32", "precision": "fp32",
@@ -58,7 +58,7 @@ def run_ours(data: Path, steps: int, out_dir: Path, micro_batches: int = 1, chec
     model, tokenizer = load_model(config.model, "float32")
     examples, _ = load_examples(config.data, tokenizer, "sft")
     batch = collate(examples[:BATCH], tokenizer.pad_token_id)
-    method = SFTLoss()
+    method = SFTMethod()
     with torch.no_grad():
         first_loss = float(method.loss(model, batch).loss_sum) / method.count(batch)
     engine = Engine(config, model, method, examples, None, tokenizer.pad_token_id, save_model=lambda d: None)

@@ -80,6 +80,7 @@ class Engine:
         self.autocast_dtype, self.scaler = autocast_precision(config.precision, self.device)
         self._check_optimizer_in_backward()
         self.step_in_backward: StepInBackward | None = None  # set up in train()
+        self.state = self._fresh_state()
 
     @property
     def evaluations(self) -> list[dict]:
@@ -97,7 +98,7 @@ class Engine:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         if config.gradient_checkpointing:
-            # a transformers model, or a container of them (PPO: policy and value model)
+            # a transformers model, or a module holding several (a policy and its critic)
             models = [self.model] if hasattr(self.model, "gradient_checkpointing_enable") else self.model.children()
             for model in models:
                 if hasattr(model, "gradient_checkpointing_enable"):
@@ -247,7 +248,7 @@ class Engine:
     def evaluate(self) -> dict[str, float]:
         """The method's own evaluation, or the loss and metrics averaged over the whole eval set (item-weighted,
         like training)."""
-        step = self.state["step"] if hasattr(self, "state") else 0
+        step = self.state["step"]
         own = self.method.evaluate(self.model, step)
         if own is not None:
             return own

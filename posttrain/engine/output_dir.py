@@ -10,8 +10,9 @@ from posttrain.engine.checkpoint import STATE_FILE, list_checkpoints
 from posttrain.engine.run_log import LOG_FILE
 from posttrain.errors import ConfigError
 
-# the engine's own outputs; a method's (Method.outputs) are cleared with them
-RUN_OUTPUTS = (LOG_FILE, "evaluation.json", "checkpoints", "final", "tensorboard")
+# the run's outputs that are not a method's own (Method.outputs, cleared with them). samples.jsonl, the shared name of a
+# run's sample file, is always cleared, so a previous run's samples never sit beside a new run's figures
+RUN_OUTPUTS = (LOG_FILE, "samples.jsonl", "evaluation.json", "checkpoints", "final", "tensorboard")
 
 
 def prepare_output_dir(output_dir: Path, resume_from: str | None, overwrite: bool,

@@ -32,7 +32,7 @@ from posttrain.eval.result import MetricResult
 LENGTH_REWARD = [{"name": "verbosity", "options": {"limit": 100}}]
 
 BUILTIN_SUITES: dict[str, list] = {
-    # sized for a few minutes on 2 CPU cores with the embedded 135M model (docs/eval.md)
+    # sized to run in minutes on a CPU with the embedded 135M model (its time: docs/eval.md)
     "default": [
         {"metric": "perplexity", "limit": 48},
         "verbosity",

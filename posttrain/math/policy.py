@@ -92,14 +92,16 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "
         k2 = (log r)^2 / 2     (biased, low variance)
         k3 = (r - 1) - log r   (unbiased, low variance, always >= 0; GRPO's choice)
     """
-    log_ratio = ref_logps - logps
-    if estimator == "k1":
-        return -log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio**2
-    if estimator == "k3":
-        return torch.expm1(log_ratio) - log_ratio
-    raise ValueError(f"estimator={estimator!r}: expected k1, k2 or k3")
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"estimator={estimator!r}: expected {', '.join(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[estimator](ref_logps - logps)
+
+
+KL_ESTIMATORS = {  # log r = ref_logp - logp -> the estimate of KL(pi || pi_ref) per token
+    "k1": lambda log_ratio: -log_ratio,
+    "k2": lambda log_ratio: 0.5 * log_ratio**2,
+    "k3": lambda log_ratio: torch.expm1(log_ratio) - log_ratio,
+}
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

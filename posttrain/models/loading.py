@@ -7,7 +7,6 @@ adapter folder, whose base is loaded first), then a Hugging Face hub id (works w
 from __future__ import annotations
 
 import importlib.util
-
 import json
 import logging
 import os

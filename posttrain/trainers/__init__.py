@@ -5,7 +5,7 @@ from posttrain.trainers.grpo import GRPOConfig, PolicyGradientMethod, train_grpo
 from posttrain.trainers.kto import KTOConfig, KTOMethod, train_kto
 from posttrain.trainers.ppo import PPOConfig, PPOMethod, train_ppo
 from posttrain.trainers.reward_model import RewardConfig, RewardModelMethod, train_reward
-from posttrain.trainers.sft import SFTConfig, SFTLoss, train_sft
+from posttrain.trainers.sft import SFTConfig, SFTMethod, train_sft
 
 # method name -> (config class, train function): the CLI and posttrain.train dispatch through this table
 METHODS = {
@@ -21,5 +21,5 @@ METHODS = {
     "ppo": (PPOConfig, train_ppo),
 }
 
-__all__ = ["METHODS", "DPOConfig", "GRPOConfig", "PolicyGradientMethod", "train_grpo", "KTOConfig", "KTOMethod", "PPOConfig", "PPOMethod", "train_ppo", "PreferenceMethod", "RewardConfig", "RewardModelMethod", "SFTConfig", "SFTLoss", "train_dpo",
+__all__ = ["METHODS", "DPOConfig", "GRPOConfig", "PolicyGradientMethod", "train_grpo", "KTOConfig", "KTOMethod", "PPOConfig", "PPOMethod", "train_ppo", "PreferenceMethod", "RewardConfig", "RewardModelMethod", "SFTConfig", "SFTMethod", "train_dpo",
            "train_kto", "train_reward", "train_sft"]

@@ -153,12 +153,9 @@ class ScoredRollout:
 @torch.no_grad()
 def sample_and_score(policy, tokenizer, prompt_ids: list[list[int]], problems: list[Problem], sampling: SamplingParams,
                      reward, group_size: int = 1) -> ScoredRollout:
-    """Steps 1-2 of every online method: ``group_size`` completions per prompt sampled from ``policy`` (in eval
-    mode), scored by ``reward``, and collated into token rows (prompt + completion, loss on the completion)."""
-    was_training = policy.training
-    policy.eval()
+    """Steps 1-2 of every online method: ``group_size`` completions per prompt sampled from ``policy``, scored by
+    ``reward``, and collated into token rows (prompt + completion, loss on the completion)."""
     rollout = sample(policy, tokenizer, prompt_ids, sampling, group_size=group_size)
-    policy.train(was_training)
     row_problems = [problems[i] for i in rollout.prompt_index.tolist()]
     totals, per_function = reward([p.prompt for p in row_problems], rollout.texts, row_problems)
     lengths = rollout.completion_mask.sum(-1)
@@ -214,11 +211,8 @@ class OnlineRLMethod(Method):
 def greedy_evaluation(config: OnlineRLConfig, policy, tokenizer, prompt_ids, problems, reward, task,
                       step: int) -> dict[str, float]:
     """Greedy answers to the held-out prompts: mean reward, task accuracy, length; samples.jsonl gets a few rows."""
-    was_training = policy.training
-    policy.eval()
     params = SamplingParams(config.max_new_tokens, 0.0, stop_strings=tuple(config.stop_strings))
     rollout = sample(policy, tokenizer, prompt_ids, params)
-    policy.train(was_training)
     rewards, _ = reward([p.prompt for p in problems], rollout.texts, problems)
     result = {"eval_reward": sum(rewards) / len(rewards),
               "eval_completion_length": float(rollout.completion_mask.sum(-1).float().mean()),

@@ -40,7 +40,7 @@ class SFTConfig(PolicyTrainingConfig):
     learning_rate: float = option(2e-5, min=0, help="AdamW's peak learning rate, reached after warmup_steps")
 
 
-class SFTLoss(Method):
+class SFTMethod(Method):
     """The method the engine runs: summed completion NLL, normalised by the step's completion-token count."""
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
@@ -60,7 +60,7 @@ def train_sft(config: SFTConfig, callbacks=None) -> dict:
     if config.data.packing:
         train_examples = pack_examples(train_examples, config.data.max_length)
 
-    run = train_and_save(config, model, tokenizer, SFTLoss(), train_examples, eval_examples, callbacks)
+    run = train_and_save(config, model, tokenizer, SFTMethod(), train_examples, eval_examples, callbacks)
     return write_evaluation(config, sft_evaluation(config, run, model), model, tokenizer)
 
 

@@ -103,7 +103,7 @@ def test_option_keeps_ranges_and_required_keys():
 
 def test_describe_config_shows_set_values_required_keys_and_unknown_keys():
     text = describe_config(Small, {"lr": "2e-3", "name": "x", "section": {"bogus": 1}}, source="my.yaml")
-    assert "  learning_rate: float (>= 0), default 0.001; my.yaml sets 0.002\n      step size\n" in text
+    assert "  learning_rate: float (>= 0), default 0.001; my.yaml sets 0.002; formerly lr\n      step size\n" in text
     assert "  name: str, required; my.yaml sets \"x\"\n" in text
-    assert "  section.rank: int (>= 1), default 8\n" in text
+    assert "  section.rank: int (>= 1), default 8; formerly r\n" in text
     assert "my.yaml also sets keys Small does not have: section.bogus" in text

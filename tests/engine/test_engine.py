@@ -9,7 +9,7 @@ from posttrain.engine import Engine, EngineConfig, LossOutput, Method, NonFinite
 from posttrain.engine.optimizer import lr_factor
 from posttrain.errors import ConfigError
 from posttrain.models import build_tiny_model, save_model
-from posttrain.trainers.sft import SFTLoss
+from posttrain.trainers.sft import SFTMethod
 from tests.conftest import random_examples
 
 
@@ -19,7 +19,7 @@ def make_engine(tmp_path, name="run", examples=None, model=None, method=None, ca
     settings.update(overrides)
     config = EngineConfig(**settings)
     model = model or build_tiny_model(seed=0, vocab_size=256)
-    return Engine(config, model, method or SFTLoss(), examples or random_examples(32, vocab=256), None,
+    return Engine(config, model, method or SFTMethod(), examples or random_examples(32, vocab=256), None,
                   pad_token_id=0, save_model=lambda d: save_model(model, None, d), callbacks=callbacks)
 
 
@@ -114,7 +114,7 @@ class NaNAt(Method):
     """SFT loss, but non-finite at the given optimizer steps."""
 
     def __init__(self, steps):
-        self.steps, self.calls, self.inner = set(steps), 0, SFTLoss()
+        self.steps, self.calls, self.inner = set(steps), 0, SFTMethod()
 
     def count(self, batch):
         return self.inner.count(batch)

@@ -53,6 +53,8 @@ PRESETS = list(OVERRIDES)
 def starts_a_word(prompts, completions, problems):
     """1 when the completion begins with a space: a reward a random model earns sometimes."""
     return [float(text.startswith(" ")) for text in completions]
+
+
 TIMING = ("tokens_per_s", "_s", "time")
 
 
