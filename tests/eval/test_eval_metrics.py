@@ -13,7 +13,7 @@ from posttrain.data import encode_prompt_completion
 from posttrain.eval.context import EvalContext
 from posttrain.eval.estimators import pass_at_k
 from posttrain.errors import DataError
-from posttrain.eval.metrics.generation import (
+from posttrain.eval.metrics.answers import (
     ProbeOptions,
     RewardOptions,
     TaskAccuracyOptions,

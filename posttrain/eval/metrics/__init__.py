@@ -5,7 +5,7 @@ harness builds the options (typed, checked: ``posttrain.config.build_config``) a
 To add a metric: write its options dataclass and a function returning a ``MetricResult``, and add one line here.
 """
 
-from posttrain.eval.metrics.generation import (
+from posttrain.eval.metrics.answers import (
     ProbeOptions,
     RewardOptions,
     TaskAccuracyOptions,
