@@ -6,7 +6,7 @@
 - one 16-row decode step of the rollout engine (``LlamaDecoder``) in fp32 and in bf16, and the time its linear layers
   take in it (torch.profiler).
 
-    python benchmarks/bf16_cpu.py [--repeats 3]            (needs: pip install -e '.[embedded]')
+    python benchmarks/bf16_cpu.py [--repeats 3]            (needs: scripts/setup.sh embedded)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ prints the median step time of each over ``--repeats`` rounds of 20 steps. Then,
 decoder of each version three times in a row, dropping the last one first, and prints the median time and page faults
 of building one (packing the weights).
 
-    python benchmarks/decode_step_ab.py --against 9893e75 [--repeats 5]      (needs: pip install -e '.[embedded]')
+    python benchmarks/decode_step_ab.py --against 9893e75 [--repeats 5]      (needs: scripts/setup.sh embedded)
 """
 
 from __future__ import annotations

