@@ -130,6 +130,10 @@ class Engine:
         if self.eval_examples and not (config.eval_steps and state["step"] % config.eval_steps == 0):
             self._eval_and_maybe_stop(state)
         self.run_log.close()
+        if state["step"] and state["nonfinite_total"] >= state["step"]:
+            raise NonFiniteLossError(
+                f"every one of the {state['step']} steps had a non-finite loss or gradient: nothing was trained. "
+                "Check the data (NaN or infinite values) and lower learning_rate")
         return state
 
     def _train_loop(self, state: dict, progress, window_start: float) -> None:

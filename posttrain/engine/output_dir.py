@@ -1,14 +1,19 @@
 """The run's folder: resume from its newest complete checkpoint, refuse to write over a finished or foreign run, or
-clear a previous run's outputs (only the names of the output contract, never anything else in the folder)."""
+clear a previous run's outputs (only the names of the output contract, never anything else in the folder). What
+interrupted writes left behind goes first; a run interrupted before its first checkpoint starts again."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
 from posttrain.engine.checkpoint import STATE_FILE, list_checkpoints
 from posttrain.engine.run_log import LOG_FILE
 from posttrain.errors import ConfigError
+from posttrain.io import remove_temporary_files
+
+log = logging.getLogger(__name__)
 
 # the run's outputs that are not a method's own (Method.outputs, cleared with them). samples.jsonl, the shared name of a
 # run's sample file, is always cleared, so a previous run's samples never sit beside a new run's figures
@@ -18,6 +23,10 @@ RUN_OUTPUTS = (LOG_FILE, "samples.jsonl", "evaluation.json", "checkpoints", "fin
 def prepare_output_dir(output_dir: Path, resume_from: str | None, overwrite: bool,
                        method_outputs: tuple[str, ...] = ()) -> Path | None:
     """The checkpoint to resume from (``resume_from``, or the newest in output_dir), or None for a fresh run."""
+    for folder in (output_dir, output_dir / "checkpoints", output_dir / "final"):
+        removed = remove_temporary_files(folder)
+        if removed:
+            log.warning("%s: removed what interrupted writes left: %s", folder, ", ".join(removed))
     if resume_from:
         resume = Path(resume_from)
         if not (resume / STATE_FILE).is_file():
@@ -34,7 +43,13 @@ def prepare_output_dir(output_dir: Path, resume_from: str | None, overwrite: boo
     checkpoints = list_checkpoints(output_dir / "checkpoints")
     if checkpoints:
         return checkpoints[-1]
-    if output_dir.exists() and any(p.name != "config.json" for p in output_dir.iterdir()):
+    ours = {"config.json", *RUN_OUTPUTS, *method_outputs}
+    if output_dir.exists() and all(p.name in ours for p in output_dir.iterdir()):
+        if any(p.name != "config.json" for p in output_dir.iterdir()):
+            log.warning("%s: a run that stopped before its first checkpoint; starting it again", output_dir)
+            clear_run_outputs(output_dir, method_outputs)
+        return None
+    if output_dir.exists():
         raise ConfigError(
             f"output_dir {output_dir} is not empty and holds no checkpoint to resume from; choose another "
             "output_dir or set overwrite_output_dir=true"

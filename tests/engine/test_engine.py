@@ -175,3 +175,48 @@ def test_gradient_buffers_are_kept_with_accumulation_and_freed_without(tmp_path)
     freed = make_engine(tmp_path, "freed", max_steps=2)
     freed.train()
     assert all(p.grad is None for p in freed.model.parameters())
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_and_ends_as_an_uninterrupted_one(tmp_path):
+    """Killed after its step-0 files but before any checkpoint: the folder holds only the run's own outputs, so a
+    re-run starts it again instead of refusing a 'non-empty' folder."""
+    make_engine(tmp_path, "ref").train()
+
+    def stop_at_2(engine, state):
+        if state["step"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        make_engine(tmp_path, "cut", callbacks=[stop_at_2]).train()
+    assert (tmp_path / "cut" / "log_history.jsonl").is_file() and not (tmp_path / "cut" / "checkpoints").exists()
+    make_engine(tmp_path, "cut").train()
+    assert read_log(tmp_path / "cut") == [dict(r, tokens_per_s=c["tokens_per_s"]) for r, c in
+                                          zip(read_log(tmp_path / "ref"), read_log(tmp_path / "cut"))]
+
+
+def test_what_interrupted_writes_left_is_removed_and_saves_do_not_nest_temporary_folders(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / ".tmp-step_3-abc" / ".tmp-.tmp-step_3-abc-def").mkdir(parents=True)
+    (run / ".tmp-final-xyz").mkdir()
+    (run / ".tmp-log_history.jsonl-123").write_text("half")
+    make_engine(tmp_path, save_steps=2, save_total_limit=None).train()
+    assert not [p for p in run.rglob(".*") if p.name.startswith((".tmp-", ".old-"))]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_2", "step_4", "step_6"]
+
+
+def test_a_run_whose_every_step_is_non_finite_fails(tmp_path):
+    """Fewer steps than max_consecutive_nonfinite, all skipped: the run must not end as if it had trained."""
+    with pytest.raises(NonFiniteLossError, match="every one of the 3 steps"):
+        make_engine(tmp_path, method=NaNAt({1, 2, 3}), max_steps=3).train()
+
+
+def test_an_atomic_write_into_an_atomic_writes_folder_does_not_nest(tmp_path):
+    from posttrain.io import atomic_dir
+
+    with atomic_dir(tmp_path / "checkpoint") as outer:
+        with atomic_dir(outer) as inner:  # a model saved into the checkpoint being written
+            assert inner == outer
+            (inner / "weights").write_text("w")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [outer.name]  # one temporary folder, no sibling
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert (tmp_path / "checkpoint" / "weights").read_text() == "w"
