@@ -110,10 +110,7 @@ class Engine:
         self.step_in_backward = StepInBackward(self.optimizer) if config.optimizer_in_backward else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.total_steps, config.warmup_steps, config.lr_schedule))
-        state = self._fresh_state()
-        if resume_dir is not None:
-            state = self._resume(resume_dir)
-        self.state = state
+        self.state = state = self._resume(resume_dir) if resume_dir is not None else self._fresh_state()
         self.run_log = RunLog(self.output_dir, config.tensorboard, echo=not config.progress_bar)
         self.model.train()
         if config.eval_on_start and state["step"] == 0 and self.eval_examples:

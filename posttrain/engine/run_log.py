@@ -31,9 +31,7 @@ class RunLog:
         self.evaluations = [r for r in read_jsonl(self.path) if is_evaluation(r)]
 
     def write(self, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, [record])
         if is_evaluation(record):
             self.evaluations.append(record)
         if self.writer is not None:
@@ -50,6 +48,13 @@ class RunLog:
 
 def is_evaluation(record: dict) -> bool:
     return any(name.startswith("eval_") for name in record)
+
+
+def append_jsonl(path: Path, records: list[dict]) -> None:
+    """One JSON line per record, appended (the run's step-keyed logs: log_history.jsonl, a method's outputs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write("".join(json.dumps(record) + "\n" for record in records))
 
 
 def read_jsonl(path: Path) -> list[dict]:

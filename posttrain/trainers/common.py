@@ -67,9 +67,13 @@ def load_policy(config: PolicyTrainingConfig, reward_model: bool = False):
     return model, tokenizer
 
 
+def parameter_counts(model) -> tuple[int, int]:
+    """``(trainable, total)`` parameters."""
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+
+
 def log_trainable(model, label: str) -> None:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable, total = parameter_counts(model)
     log.warning("%s: %d trainable / %d parameters (%.2f%%)", label, trainable, total, 100 * trainable / total)
 
 
@@ -120,14 +124,15 @@ def evaluation_summary(config: PolicyTrainingConfig, model, run: TrainingRun, su
     """The body of evaluation.json: what ran, how far, on how many parameters; the figures ``summarize`` reads off
     the last evaluation record (each with the number of held-out items as ``count_name``), and the same figures of
     the step-0 evaluation as the baseline (only ``baseline_names`` when given)."""
+    trainable, total = parameter_counts(model)
     result = {
         "method": config.method,
         "model": config.model,
         "final_model": str(Path(config.output_dir) / "final"),
         "steps": run.state["step"],
         "stopped": run.state["stopped"] or "completed",
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
         "metrics": {},
     }
     if not run.evaluations:

@@ -108,7 +108,6 @@ class PolicyGradientMethod(OnlineRLMethod):
         self.reference = reference
         self.baseline: float | None = None  # REINFORCE's moving average
         self.rollout_batches: list[dict] = []
-        self.iteration = 0
         self.stats: dict[str, float] = {}
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
@@ -118,12 +117,11 @@ class PolicyGradientMethod(OnlineRLMethod):
 
     # ------------------------------------------------------------------------------------------ steps 1-3
     def prepare_step(self, model, micro_batches: list[dict[str, torch.Tensor]], step: int) -> None:
-        """A new rollout every num_iterations optimizer steps; the steps in between reuse it (their prompts are not
-        used)."""
-        if self.iteration % self.config.num_iterations == 0:
+        """A new rollout every num_iterations optimizer steps (and after a resume); the steps in between reuse it
+        (their prompts are not used)."""
+        if step % self.config.num_iterations == 0 or not self.rollout_batches:
             example_index = torch.cat([b["example_index"] for b in micro_batches])
             self.rollout_batches = self.rollout(model, example_index, len(micro_batches), step)
-        self.iteration += 1
         for batch, rows in zip(micro_batches, self.rollout_batches):
             batch.clear()
             batch.update(rows)
@@ -194,7 +192,6 @@ class PolicyGradientMethod(OnlineRLMethod):
         self.stats[name] = self.stats.get(name, 0.0) + value
 
     def record_rollout(self, scored, zero_variance, sequence_kl) -> None:
-        self.stats = {"tokens": 0.0}
         self.rollout_metrics = {
             **rollout_metrics(scored),
             **{f"reward/{name}_std": float(torch.tensor(v).std(unbiased=False))

@@ -22,7 +22,6 @@ rollout takes its prompts, the steps that reuse it ignore theirs.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from posttrain.config import option
 from posttrain.engine import LossOutput
 from posttrain.engine.checkpoint import load_model_weights
+from posttrain.engine.run_log import append_jsonl
 from posttrain.errors import ConfigError
 from posttrain.io import atomic_dir
 from posttrain.math import (
@@ -295,9 +295,8 @@ class PPOMethod(OnlineRLMethod):
                   **{name: value / updates if name != "early_stopped" else value for name, value in self.cycle.items()}}
         if config.target_kl is not None:
             self.beta = adaptive_kl_coef(self.beta, self.rollout_stats["kl"], config.target_kl, config.kl_horizon,
-                                            len(self.rollout_rows["input_ids"]))
-        with open(Path(config.output_dir) / "ppo_metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+                                         len(self.rollout_rows["input_ids"]))
+        append_jsonl(Path(config.output_dir) / "ppo_metrics.jsonl", [record])
 
     # ------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict:

@@ -9,7 +9,6 @@ samples.jsonl, and evaluation.json. A trainer keeps only its algorithm: how adva
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -19,6 +18,7 @@ import torch
 from posttrain.config import option
 from posttrain.data import collate_sequences, load_rows
 from posttrain.engine import Method
+from posttrain.engine.run_log import append_jsonl
 from posttrain.errors import ConfigError
 from posttrain.rollout import Rollout, SamplingParams, chat_prompts, sample
 from posttrain.rollout.rewards import build_reward
@@ -220,12 +220,9 @@ def greedy_evaluation(config: OnlineRLConfig, policy, tokenizer, prompt_ids, pro
     if task is not None:
         correct = [task.is_correct(p, text) for p, text in zip(problems, rollout.texts)]
         result["eval_accuracy"] = sum(correct) / len(correct)
-    path = Path(config.output_dir) / "samples.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        for problem, text, value in list(zip(problems, rollout.texts, rewards))[: config.eval_samples]:
-            handle.write(json.dumps({"step": step, "prompt": problem.prompt, "answer": problem.answer,
-                                     "completion": text, "reward": value}) + "\n")
+    append_jsonl(Path(config.output_dir) / "samples.jsonl",
+                 [{"step": step, "prompt": problem.prompt, "answer": problem.answer, "completion": text, "reward": value}
+                  for problem, text, value in list(zip(problems, rollout.texts, rewards))[: config.eval_samples]])
     return result
 
 
