@@ -4,7 +4,7 @@ from posttrain.version import __version__  # noqa: F401  (re-exported: the versi
 
 
 def __getattr__(name):  # keep `import posttrain` light: torch and transformers load on first use
-    if name in ("train", "build_method_config"):
+    if name in ("train", "build_method_config", "merge", "export", "upcycle", "quantize"):
         from posttrain import api
 
         return getattr(api, name)

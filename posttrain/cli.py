@@ -48,6 +48,9 @@ def _train_parser(commands) -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="a .yaml, .yml or .json config file (its `method` key picks the "
                        "trainer)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.add_argument("--nproc", type=int, default=None, metavar="N",
+                       help="train in N processes on this machine: runs `torchrun --standalone --nproc_per_node N -m "
+                            "posttrain train CONFIG ...` (one per GPU, or N CPU processes; docs/distributed.md)")
     train.set_defaults(train_parser=train)
     return train
 
@@ -60,6 +63,13 @@ def _train(args) -> int:
         args.train_parser.error("the following arguments are required: config")
     if args.method is not None:
         args.train_parser.error("--method goes with --help; to train another method, override it: method=NAME")
+    if args.nproc is not None:
+        import os
+
+        from posttrain.engine.distributed import torchrun_command
+
+        command = torchrun_command(args.nproc, ["train", args.config, *args.overrides])
+        os.execv(command[0], command)  # torchrun takes over this process; its exit status is the run's
     from posttrain.api import train
 
     evaluation = train(args.config, overrides=args.overrides)
@@ -89,7 +99,15 @@ def _generate_parser(commands) -> argparse.ArgumentParser:
     generate.add_argument("--system", default=None, help="optional system message")
     generate.add_argument("--max-new-tokens", type=int, default=256)
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    generate.add_argument("--self-consistency", type=int, default=0, metavar="K",
+                          help="sample K answers (at --temperature, 0.7 when left at 0), parse each one's final "
+                               "number and print their majority vote (Wang et al. 2023)")
     generate.add_argument("--device", default="auto")
+    generate.add_argument("--best-of", type=int, default=1, metavar="N",
+                          help="sample N replies (temperature 1 when --temperature is 0) and print the one --judge "
+                               "ranks first")
+    generate.add_argument("--judge", default=None, metavar="SPEC", help="with --best-of: a judge mapping, e.g. "
+                          "'{rule: arithmetic}', '{reward_model: runs/reward/final}', '{pairwise: MODEL}'")
     return generate
 
 
@@ -97,8 +115,39 @@ def _generate(args) -> int:
     from posttrain.models import load_model
     from posttrain.rollout.generate import stream_one
 
+    if args.best_of > 1:
+        from posttrain.rollout.best_of_n import generate_best_of
+
+        print(generate_best_of(args.model, args.prompt, args.best_of, args.judge, args.max_new_tokens,
+                               args.temperature or 1.0, args.system, args.device)["best"])
+        return 0
     model, tokenizer = load_model(args.model, device=args.device)
+    if args.self_consistency:
+        from posttrain.rollout.generate import self_consistent_generate
+
+        print(json.dumps(self_consistent_generate(model, tokenizer, args.prompt, args.self_consistency,
+                                                  args.max_new_tokens, args.temperature or 0.7, system=args.system),
+                         indent=2))
+        return 0
     stream_one(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.system)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- label
+def _label_parser(commands) -> argparse.ArgumentParser:
+    label = commands.add_parser("label", help="sample completions and write AI-judged preference pairs (RLAIF)",
+                                description="Sample k completions per prompt from a policy, judge their pairs with "
+                                "an LLM, reward-model or rule judge, and write pairs.jsonl that DPO, KTO, ORPO and "
+                                "SimPO read unchanged. See configs/label.yaml and docs/ai_feedback.md.")
+    label.add_argument("config", help="a .yaml/.json label config (method: label)")
+    label.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return label
+
+
+def _label(args) -> int:
+    from posttrain.api import label
+
+    print(json.dumps(label(args.config, args.overrides), indent=2))
     return 0
 
 
@@ -198,6 +247,11 @@ def _evaluate_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--dtype", default="auto")
     evaluate.add_argument("--batch-size", type=int, default=32, help="completions generated together (default 32)")
+    evaluate.add_argument("--lm-eval", default=None, metavar="TASKS", help="instead of --suite: EleutherAI's "
+                          "lm-evaluation-harness tasks, comma-separated (needs the lm-eval extra)")
+    evaluate.add_argument("--lm-eval-include", default=None, metavar="DIR", help="a folder of lm-eval task YAML files "
+                          "(local tasks, no network), e.g. configs/lm_eval")
+    evaluate.add_argument("--limit", type=int, default=None, help="with --lm-eval: the first N documents per task")
     return evaluate
 
 
@@ -212,7 +266,11 @@ def _evaluate(args) -> int:
     if args.out is None and not Path(args.model).is_dir():
         raise ConfigError(f"--out is required when the model is not a folder ({args.model!r}), e.g. "
                           "--out baseline.json")
-    result = evaluate(args.model, args.suite, args.seed, args.out, args.device, args.dtype, args.batch_size)
+    suite = args.suite
+    if args.lm_eval:
+        suite = [{"metric": "lm_eval", "tasks": args.lm_eval.split(","), "include_path": args.lm_eval_include,
+                  "limit": args.limit}]
+    result = evaluate(args.model, suite, args.seed, args.out, args.device, args.dtype, args.batch_size)
     print(summary_table(result))
     print(f"\nwrote {args.out or Path(args.model) / 'evaluation.json'} ({result['time_s']:.0f} s)")
     return 1 if result["failed_metrics"] else 0
@@ -297,17 +355,181 @@ def _plot(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------------- predict
+def _predict_parser(commands) -> argparse.ArgumentParser:
+    predict = commands.add_parser("predict", help="label texts with a trained classifier (method: classify)",
+                                  description="Predict the label (or value) of every row of a file with a classifier "
+                                  "folder; rows with a label column also give accuracy / F1 (or MSE, correlations).")
+    predict.add_argument("--model", required=True, help="a classifier folder, e.g. runs/classify/final")
+    predict.add_argument("--input", required=True, help="a .jsonl/.json/.csv/.parquet file with a text column "
+                                                        "(and text_pair, label when present)")
+    predict.add_argument("--output", default=None, help="predictions JSONL; default: INPUT.predictions.jsonl")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--device", default="auto")
+    return predict
+
+
+def _predict(args) -> int:
+    from posttrain.trainers.classify import predict_file
+
+    result = predict_file(args.model, args.input, args.output, args.batch_size, args.device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- merge
+def _merge_parser(commands) -> argparse.ArgumentParser:
+    merge = commands.add_parser("merge", help="merge models or LoRA adapters (linear, task arithmetic, TIES, DARE, "
+                                "SLERP)", description="Merge models or LoRA adapters tensor by tensor as a YAML/JSON "
+                                "config says (method, models with weights, base, parameters, out); writes a plain HF "
+                                "folder with a model card. See docs/model_ops.md.")
+    merge.add_argument("config", help="a merge .yaml/.json file")
+    merge.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. parameters.t=0.3")
+    return merge
+
+
+def _merge(args) -> int:
+    from posttrain.api import merge
+
+    print(merge(args.config, args.overrides))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- prune
+def _prune_parser(commands) -> argparse.ArgumentParser:
+    prune = commands.add_parser("prune", help="drop decoder layers: a smaller student as a plain HF folder",
+                                description="Depth pruning: keep N decoder layers (the most influential on a "
+                                "calibration set, ShortGPT's block influence; or a fixed deep-block pattern) or the "
+                                "layers named; writes a plain HF folder with pruning.json. See docs/distillation.md.")
+    prune.add_argument("--model", required=True, help="a model spec: built-in name, local folder or hub id")
+    which = prune.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keep-layers", type=int, metavar="N", help="how many decoder layers to keep")
+    which.add_argument("--layers", metavar="I,J,...", help="the indices of the layers to keep, e.g. 0,1,2,29")
+    prune.add_argument("--select", default="block-influence", choices=["block-influence", "deep-block"],
+                       help="with --keep-layers: drop the lowest block-influence layers (default), or the deepest "
+                            "layers but the last")
+    prune.add_argument("--calibration", default=None, help="JSONL for block influence (text, prompt/completion or "
+                                                           "messages); default: a few built-in texts")
+    prune.add_argument("--calibration-rows", type=int, default=64, help="rows of --calibration to use")
+    prune.add_argument("--out", required=True, help="the output folder")
+    prune.add_argument("--device", default="cpu")
+    return prune
+
+
+def _prune(args) -> int:
+    from posttrain.models.pruning import parse_layers, prune_model
+
+    report = prune_model(args.model, args.out, args.keep_layers, parse_layers(args.layers), args.select,
+                         args.calibration, args.calibration_rows, args.device)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- export
+def _export_parser(commands) -> argparse.ArgumentParser:
+    export = commands.add_parser("export", help="write a model as one GGUF file (llama.cpp, Ollama, LM Studio)",
+                                 description="Export a llama-architecture model folder (e.g. runs/x/final) to GGUF "
+                                 "with its tokenizer and chat template, using the gguf package's writer. See "
+                                 "docs/model_ops.md.")
+    export.add_argument("--model", required=True, help="model folder, or smollm2-135m-instruct")
+    export.add_argument("--gguf", default="f16", metavar="TYPE", help="tensor type of the weights: f32, f16, bf16, "
+                        "q8_0, q5_1, q5_0, q4_1, q4_0 (default f16; norms stay f32)")
+    export.add_argument("--out", required=True, help="the .gguf file to write")
+    export.add_argument("--tokenizer-pre", default=None, help="llama.cpp pre-tokenizer name (default: read off "
+                        "tokenizer.json: gpt-2 or smollm)")
+    return export
+
+
+def _export(args) -> int:
+    from posttrain.api import export
+
+    print(export(args.model, args.out, args.gguf, args.tokenizer_pre))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- upcycle
+def _upcycle_parser(commands) -> argparse.ArgumentParser:
+    upcycle = commands.add_parser("upcycle", help="turn a dense model into a mixture of experts (sparse upcycling)",
+                                  description="Copy each MLP of a llama-architecture model into E experts behind a "
+                                  "new top-k router (Komatsuzaki et al. 2023); writes a transformers Mixtral folder "
+                                  "that computes the dense model's function until trained. See docs/model_ops.md.")
+    upcycle.add_argument("--model", required=True, help="model folder or built-in name")
+    upcycle.add_argument("--experts", type=int, default=4, help="experts per layer (default 4)")
+    upcycle.add_argument("--top-k", type=int, default=2, help="experts each token is routed to (default 2)")
+    upcycle.add_argument("--seed", type=int, default=0, help="seed of the routers' initialisation")
+    upcycle.add_argument("--aux-loss-coef", type=float, default=0.01,
+                         help="router_aux_loss_coef written to the config (default 0.01)")
+    upcycle.add_argument("--out", required=True, help="output folder")
+    return upcycle
+
+
+def _upcycle(args) -> int:
+    from posttrain.api import upcycle
+
+    print(upcycle(args.model, args.out, args.experts, args.top_k, args.seed, args.aux_loss_coef))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- quantize
+def _quantize_parser(commands) -> argparse.ArgumentParser:
+    quantize = commands.add_parser("quantize", help="quantize a model's weights for inference (torchao: int8, int4)",
+                                   description="Quantize the linear layers of a model folder with torchao and write "
+                                   "a folder that posttrain and transformers load like any model (needs the "
+                                   "quantize extra). See docs/model_ops.md.")
+    quantize.add_argument("--model", required=True, help="model folder, or smollm2-135m-instruct")
+    quantize.add_argument("--format", default="int8", help="int8 (weight-only), int8-dynamic (int8 weights and "
+                          "activations), int4 (weight-only, group-wise); default int8")
+    quantize.add_argument("--group-size", type=int, default=None, help="inputs per scale (default: one scale per "
+                          "row for int8, 32 for int4)")
+    quantize.add_argument("--out", required=True, help="output folder")
+    return quantize
+
+
+def _quantize(args) -> int:
+    from posttrain.api import quantize
+
+    print(quantize(args.model, args.out, args.format, args.group_size))
+    return 0
+
+
 # command -> (add its parser, run it), in the order `posttrain --help` lists them
+# ----------------------------------------------------------------------------------------------------- push
+def _push_parser(commands) -> argparse.ArgumentParser:
+    push = commands.add_parser("push", help="upload a trained folder (e.g. RUN/final) to the Hugging Face Hub",
+                               description="Upload a model folder as it is (weights, tokenizer, README.md model card) "
+                                           "to a Hub repository, creating it if needed. Needs a token: "
+                                           "`huggingface-cli login` or HF_TOKEN.")
+    push.add_argument("--model", required=True, help="the folder to upload: a run's final/, or any HF model folder")
+    push.add_argument("--repo", required=True, help="the repository id, e.g. your-name/smollm2-grpo")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    return push
+
+
+def _push(args) -> int:
+    from posttrain.api import push
+
+    print(push(args.model, args.repo, private=args.private))
+    return 0
+
+
 COMMANDS = {
     "train": (_train_parser, _train),
     "generate": (_generate_parser, _generate),
     "pipeline": (_pipeline_parser, _pipeline),
+    "label": (_label_parser, _label),
     "models": (_models_parser, _models),
     "demo": (_demo_parser, _demo),
     "gym": (_gym_parser, _gym),
     "eval": (_evaluate_parser, _evaluate),
     "compare": (_compare_parser, _compare),
     "plot": (_plot_parser, _plot),
+    "merge": (_merge_parser, _merge),
+    "export": (_export_parser, _export),
+    "upcycle": (_upcycle_parser, _upcycle),
+    "quantize": (_quantize_parser, _quantize),
+    "prune": (_prune_parser, _prune),
+    "predict": (_predict_parser, _predict),
+    "push": (_push_parser, _push),
 }
 
 

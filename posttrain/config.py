@@ -30,10 +30,11 @@ MISSING = dataclasses.MISSING
 
 
 def option(default: Any = MISSING, *, help: str, min: float | None = None, max: float | None = None,
-           aliases: tuple[str, ...] = (), default_factory: Any = MISSING):
-    """A config field: ``dataclasses.field`` with its help (shown by ``describe_config``), its range (checked by
-    ``build_config``) and deprecated spellings that ``build_config`` still accepts, with a warning."""
-    metadata = {"help": help, "min": min, "max": max, "aliases": tuple(aliases)}
+           above: float | None = None, aliases: tuple[str, ...] = (), default_factory: Any = MISSING):
+    """A config field: ``dataclasses.field`` with its help (shown by ``describe_config``), its range (``min`` <= value
+    <= ``max``, value > ``above``; checked by ``build_config``) and deprecated spellings that ``build_config`` still
+    accepts, with a warning."""
+    metadata = {"help": help, "min": min, "max": max, "above": above, "aliases": tuple(aliases)}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -131,6 +132,10 @@ def _warn_deprecated(source: str, old: str, new: str, both: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- coercion
+class OutOfRangeError(ConfigError):
+    pass
+
+
 def _coerce(value: Any, annotation: Any, field: dataclasses.Field | None, source: str, key: str):
     """``value`` checked (and converted where lossless) against ``annotation``; a ConfigError names the key."""
     origin = typing.get_origin(annotation)
@@ -166,6 +171,8 @@ def _coerce_union(value, annotation, field, source: str, key: str):
             continue
         try:
             return _coerce(value, option_type, field, source, key)
+        except OutOfRangeError:
+            raise  # the right type, outside its range: that message, not "expected an integer or null"
         except ConfigError:
             continue
     _fail(value, annotation, source, key)
@@ -221,11 +228,18 @@ _FLOAT_WITHOUT_DOT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 def _check_range(value: float, field: dataclasses.Field | None, source: str, key: str) -> None:
     if field is None:
         return
-    low, high = field.metadata.get("min"), field.metadata.get("max")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"{'>= ' + str(low) if low is not None else ''}{' and ' if low is not None and high is not None else ''}"
-        bounds += f"{'<= ' + str(high) if high is not None else ''}"
-        raise ConfigError(f"{source}: key {key!r} has value {value!r}, expected a value {bounds}")
+    low, high, above = (field.metadata.get(name) for name in ("min", "max", "above"))
+    if ((low is not None and value < low) or (high is not None and value > high)
+            or (above is not None and value <= above)):
+        raise OutOfRangeError(f"{source}: key {key!r} has value {value!r}, expected a value {_bounds(field)}")
+
+
+def _bounds(field: dataclasses.Field) -> str:
+    """``">= 0 and <= 1"``, ``"> 0"``: a field's range in words ("" without one)."""
+    low, high, above = (field.metadata.get(name) for name in ("min", "max", "above"))
+    parts = [f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
+             f"<= {high}" if high is not None else ""]
+    return " and ".join(part for part in parts if part)
 
 
 def _type_name(annotation: Any) -> str:
@@ -341,10 +355,8 @@ def _type_label(annotation: Any) -> str:
 
 
 def _range_label(f: dataclasses.Field) -> str:
-    low, high = f.metadata.get("min"), f.metadata.get("max")
-    if low is not None and high is not None:
-        return f" ({low} to {high})"
-    return f" (>= {low})" if low is not None else f" (<= {high})" if high is not None else ""
+    bounds = _bounds(f)
+    return f" ({bounds})" if bounds else ""
 
 
 def _yaml(value: Any) -> str:

@@ -35,7 +35,8 @@ def answer_metrics(model, tokenizer, rows: list[dict], max_new_tokens: int = 40)
 
 
 def run_demo(config_path: str, overrides: list[str], n_prompts: int) -> dict:
-    train_function, config = build_method_config(config_path, overrides)
+    # the demo is a fresh run each time (a preset resumes a crashed run instead); an override can still say otherwise
+    train_function, config = build_method_config(config_path, ["overwrite_output_dir=true", *overrides])
     eval_path = config.data.eval_path or config.data.path
     rows = [r.values for r in load_rows(eval_path, config.data.eval_split)][:n_prompts]
     started = time.perf_counter()

@@ -27,7 +27,7 @@ class atomic_dir:
             return self.path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIXES[0]}{self.path.name}-", dir=self.path.parent))
-        os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the result is an ordinary folder
         _OPEN_TEMPORARY_DIRS.add(self.tmp.resolve())
         return self.tmp
 
@@ -38,7 +38,7 @@ class atomic_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        _fsync_tree(self.tmp)
+        _fsync_tree(self.tmp, file_mode=0o666 & ~current_umask())
         old = None
         if self.path.exists():
             old = self.path.with_name(f"{TEMPORARY_PREFIXES[1]}{self.path.name}-{os.getpid()}")
@@ -59,10 +59,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (POSIX can only read it by setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_temporary_files(folder: Path) -> list[str]:
@@ -75,8 +83,10 @@ def remove_temporary_files(folder: Path) -> list[str]:
     return removed
 
 
-def _fsync_tree(root: Path) -> None:
+def _fsync_tree(root: Path, file_mode: int) -> None:
+    """Flush every file to disk, with the mode an ordinary write under the umask gives (safetensors writes 0600)."""
     for path in root.rglob("*"):
         if path.is_file():
+            os.chmod(path, file_mode)
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())

@@ -11,6 +11,9 @@
       - name: ppo
         config: configs/ppo.yaml
         overrides: {model: "{sft}", reward_model: "{reward}"}
+      - name: pairs                                 # AI-labelled preference pairs (posttrain.rollout.label)
+        label: configs/label.yaml
+        overrides: {model: "{ppo}"}                 # {pairs} in a later stage: its pairs.jsonl
       - name: evaluation
         evaluate: {model: "{ppo}", suite: default}  # posttrain.api.evaluate(...) -> runs/rlhf/evaluation/
 
@@ -32,13 +35,13 @@ from posttrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STAGE_KEYS = {"name", "config", "overrides", "evaluate"}
+STAGE_KEYS = {"name", "config", "overrides", "evaluate", "label"}
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w-]*)\}")
 
 
 def run_pipeline(path: str | Path, overrides: list[str] | None = None) -> dict[str, dict]:
     """Run (or resume) every stage of the pipeline file ``path``; returns each stage's evaluation."""
-    from posttrain.api import train
+    from posttrain.api import label, train
 
     source = str(path)
     spec = apply_overrides(read_config_file(path), overrides or [], source=f"{source} (overrides)")
@@ -61,12 +64,14 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None) -> dict[s
             continue
         resume = (stage_dir / "checkpoints").is_dir() and any((stage_dir / "checkpoints").glob("step_*/trainer_state.json"))
         stage_overrides = substitute(dict(stage.get("overrides") or {}), results, where)
-        stage_overrides.update(output_dir=str(stage_dir), overwrite_output_dir=not resume, resume_from=None)
-        config = apply_overrides(read_config_file(stage["config"]),
+        stage_overrides.update(output_dir=str(stage_dir), overwrite_output_dir=not resume)
+        if "config" in stage:  # a label stage has no checkpoints to resume from
+            stage_overrides["resume_from"] = None
+        config = apply_overrides(read_config_file(stage.get("config") or stage["label"]),
                                  [f"{key}={json.dumps(value)}" for key, value in stage_overrides.items()],
                                  source=f"{where} overrides")
         log.warning("%s: %s", where, f"resuming in {stage_dir}" if resume else f"training into {stage_dir}")
-        results[name] = train(config)
+        results[name] = label(config) if "label" in stage else train(config)
     return results
 
 
@@ -82,10 +87,12 @@ def check_stages(stages, source: str) -> list[dict]:
         if unknown:
             raise ConfigError(f"{where} ({stage['name']}): unknown key(s) {', '.join(unknown)}; "
                               f"expected {', '.join(sorted(STAGE_KEYS))}")
-        if ("config" in stage) == ("evaluate" in stage):
-            raise ConfigError(f"{where} ({stage['name']}): give either `config` (a training stage) or `evaluate`")
-        if "config" in stage and not Path(stage["config"]).is_file():
-            raise ConfigError(f"{where} ({stage['name']}): config file {stage['config']!r} not found")
+        if sum(key in stage for key in ("config", "evaluate", "label")) != 1:
+            raise ConfigError(f"{where} ({stage['name']}): give one of `config` (a training stage), `evaluate` or "
+                              "`label` (a label config: AI-judged preference pairs)")
+        for key in ("config", "label"):
+            if key in stage and not Path(stage[key]).is_file():
+                raise ConfigError(f"{where} ({stage['name']}): {key} file {stage[key]!r} not found")
         if stage["name"] in names:
             raise ConfigError(f"{where}: stage name {stage['name']!r} is used twice")
         text = json.dumps({k: v for k, v in stage.items() if k in ("overrides", "evaluate")})
@@ -107,8 +114,9 @@ def complete_evaluation(path: Path) -> dict | None:
 
 
 def stage_model(evaluation: dict) -> str:
-    """The folder a later stage reads: a reward run's ``reward_model``, else the trained model (``final/``)."""
-    return evaluation.get("reward_model") or evaluation["final_model"]
+    """What a later stage reads: a reward run's ``reward_model``, a label stage's ``data`` (the pairs or SFT rows it
+    wrote), else the trained model (``final/``)."""
+    return evaluation.get("reward_model") or evaluation.get("data") or evaluation["final_model"]
 
 
 def substitute(options: dict, results: dict[str, dict], where: str) -> dict:

@@ -85,6 +85,9 @@ def normalize_rows(rows: list[Row], config: DataConfig, accepted: tuple[str, ...
             if column == "label":
                 if not isinstance(value, bool) and value not in (0, 1, "true", "false", "True", "False"):
                     raise DataError(f"{row.where}: column {columns[column]!r} must be true/false, got {value!r}")
+            elif column == "messages" and not isinstance(value, list):
+                raise DataError(f"{row.where}: column {columns[column]!r} must be a list of {{role, content}} "
+                                f"messages, got {type(value).__name__}")
             elif not _is_text_or_messages(value):
                 raise DataError(
                     f"{row.where}: column {columns[column]!r} must be a string or a list of "
@@ -109,7 +112,8 @@ def _detect(first: Row, accepted: tuple[str, ...], columns: dict, raw_first: Row
 def _is_text_or_messages(value) -> bool:
     if isinstance(value, str):
         return True
-    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
 
 
 def _is_empty(value) -> bool:

@@ -16,7 +16,7 @@ import torch
 from posttrain.data.batching import collate_sequences
 from posttrain.data.formats import DataConfig
 from posttrain.data.shared_prompts import pack_shared_prompts
-from posttrain.data.sources import Row
+from posttrain.data.sources import Row, finite_number
 from posttrain.data.tokenize import encode_prompt_completion, uses_chat_template
 from posttrain.errors import DataError
 
@@ -128,7 +128,7 @@ def tokenize_pairs(rows: list[Row], tokenizer, config: DataConfig) -> tuple[list
         _, rejected_ids = truncate_prompt_completion(prompt_ids, rejected_ids, config, stats, row.where)
         margin = row.values.get("margin")
         examples.append(PairExample(truncated_prompt, chosen_ids, rejected_ids, row.where,
-                                    None if margin is None else float(margin)))
+                                    None if margin is None else finite_number(margin, row.where, "margin")))
     if stats.skipped_identical:
         log.warning(stats.report("preference data"))
     if not examples:

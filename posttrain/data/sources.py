@@ -6,7 +6,9 @@ Every row keeps its provenance (``file:line`` or ``source[row]``) so that later 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,17 @@ def load_rows(path: str, split: str | None = None) -> list[Row]:
     if not rows:
         raise DataError(f"dataset {path} (split {split or 'all'}) is empty: expected at least one row")
     return rows
+
+
+def finite_number(value, where: str, column: str) -> float:
+    """A row's numeric field as a float; text that is no number, NaN and infinities are refused with the row."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: column {column!r} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise DataError(f"{where}: column {column!r} must be a finite number, got {value!r}")
+    return number
 
 
 def parse_split(split: str | None) -> tuple[str, slice]:
@@ -82,39 +95,69 @@ def _read_file(path: Path) -> _SliceableRows:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    values = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(values, dict):
-                    raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(values).__name__}")
-                rows.append(Row(values, f"{path}:{number}"))
+        for number, line in enumerate(_read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            values = _parse_json(line, f"{path}:{number}")
+            if not isinstance(values, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(values).__name__}")
+            rows.append(Row(values, f"{path}:{number}"))
         return _SliceableRows(rows)
     if suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+        data = _parse_json(_read_text(path), str(path))
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"data": [...]} or {"train": [...]}
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise DataError(f"{path}: expected a JSON list of objects (or one key holding such a list)")
         return _SliceableRows(Row(r, f"{path}[{i}]") for i, r in enumerate(data))
     if suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            # header is line 1, so data row i is on line i + 2 (for rows without embedded newlines)
-            return _SliceableRows(Row(dict(r), f"{path}:{i + 2}") for i, r in enumerate(reader))
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), restkey=_EXTRA_FIELDS)
+        rows = []
+        for values in reader:
+            where = f"{path}:{reader.line_num}"
+            if _EXTRA_FIELDS in values:
+                raise DataError(f"{where}: {len(reader.fieldnames) + len(values[_EXTRA_FIELDS])} fields, but the "
+                                f"header names {len(reader.fieldnames)} (quote cells that hold commas)")
+            rows.append(Row(values, where))
+        return _SliceableRows(rows)
     if suffix == ".parquet":
         import datasets
 
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+            handle.seek(max(path.stat().st_size - 4, 0))
+            tail = handle.read(4)
+        if head != b"PAR1" or tail != b"PAR1":
+            raise DataError(f"{path}: not a Parquet file (no PAR1 marker at its start and end)")
         table = datasets.Dataset.from_parquet(str(path))
         return _SliceableRows(Row(r, f"{path}[{i}]") for i, r in enumerate(table))
     raise DataError(f"data file {path}: unsupported extension {suffix!r}; expected .jsonl, .json, .csv or .parquet")
+
+
+_EXTRA_FIELDS = " extra fields"  # where csv.DictReader puts the cells of a row longer than the header
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; a byte-order mark at the start is accepted (as pandas and datasets do)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") \
+            from None
+
+
+def _parse_json(text: str, where: str):
+    """JSON without NaN or Infinity (Python's json reads them; no loss or metric can use them)."""
+    def refuse(constant):
+        raise DataError(f"{where}: {constant} is not a finite number")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except json.JSONDecodeError as exc:
+        line = where if ":" in where.rsplit("/", 1)[-1] else f"{where}:{exc.lineno}"
+        raise DataError(f"{line}: malformed JSON ({exc.msg} at column {exc.colno})") from None
 
 
 def _read_dataset(path: str, split: str, from_disk: bool) -> _SliceableRows:

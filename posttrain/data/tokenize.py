@@ -55,6 +55,20 @@ def as_messages(value, role: str) -> list[dict]:
     return value if isinstance(value, list) else [{"role": role, "content": value}]
 
 
+BASE_ROLES = ("system", "user", "assistant")
+OPTIONAL_ROLES = ("tool", "ipython", "developer", "function")  # supported where the template names them
+
+
+def check_roles(tokenizer, messages: list[dict], where: str) -> None:
+    """Refuse a role the chat template does not know (many templates would print any role verbatim)."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else str(tokenizer.chat_template)
+    supported = BASE_ROLES + tuple(role for role in OPTIONAL_ROLES if role in template)
+    for i, message in enumerate(messages):
+        if message["role"] not in supported:
+            raise DataError(f"{where}: message {i} has role {message['role']!r}; the chat template supports "
+                            f"{', '.join(supported)}")
+
+
 def encode_prompt_completion(tokenizer, prompt, completion, chat: bool, where: str = "") -> tuple[list[int], list[int]]:
     """Token ids of ``prompt`` and of ``completion`` such that prompt_ids + completion_ids is the full sequence.
 
@@ -68,6 +82,7 @@ def encode_prompt_completion(tokenizer, prompt, completion, chat: bool, where: s
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         return prompt_ids, completion_ids
     prompt_messages = as_messages(prompt, "user")
+    check_roles(tokenizer, prompt_messages + as_messages(completion, "assistant"), where)
     prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(prompt_messages + as_messages(completion, "assistant"), tokenize=False)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
@@ -82,6 +97,7 @@ def encode_prompt_completion(tokenizer, prompt, completion, chat: bool, where: s
 
 def encode_messages(tokenizer, messages: list[dict], where: str = "") -> tuple[list[int], list[int]]:
     """Ids and loss mask of a conversation: every assistant turn carries loss, everything else does not."""
+    check_roles(tokenizer, messages, where)
     ids: list[int] = []
     mask: list[int] = []
     for i, message in enumerate(messages):

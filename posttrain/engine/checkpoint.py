@@ -1,8 +1,9 @@
 """Checkpoints that resume exactly and never unpickle: tensors in safetensors, everything else in JSON.
 
 ``checkpoints/step_N/`` holds the model (full weights or the LoRA adapter, loadable by transformers / peft),
-``optimizer.safetensors`` + ``optimizer.json``, ``rng.safetensors``, and ``trainer_state.json`` (step, data
-position, scheduler, Python RNG, logging window, early-stopping state). It is written to a temporary folder and
+``optimizer.safetensors`` + ``optimizer.json``, ``rng.safetensors``, ``trainer_state.json`` (step, data position,
+scheduler, Python RNG, logging window, early-stopping state, the method's state) and ``method.safetensors`` (the
+tensors of the method's state, if it has any). It is written to a temporary folder and
 renamed, so a checkpoint either exists completely or not at all.
 """
 
@@ -17,25 +18,42 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posttrain.models.lora import is_peft_model
+from posttrain.errors import PosttrainError
 from posttrain.io import atomic_dir
 
 STATE_FILE = "trainer_state.json"
+METHOD_TENSORS = "method.safetensors"  # the tensors of the method's state (Method.state_dict)
+
+
+class CheckpointWriteError(PosttrainError):
+    pass
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def save_checkpoint(directory: Path, save_model, optimizer, state: dict, keep_last: int | None) -> Path:
-    """Write ``directory`` atomically, then delete all but the newest ``keep_last`` sibling checkpoints."""
-    with atomic_dir(directory) as tmp:
-        save_model(tmp)
-        tensors, skeleton = flatten_tensors(optimizer.state_dict())
-        save_file(tensors, tmp / "optimizer.safetensors")
-        (tmp / "optimizer.json").write_text(json.dumps(skeleton))
-        rng = {"torch_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, tmp / "rng.safetensors")
-        state = dict(state, python_rng=_python_rng_to_json(random.getstate()))
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    """Write ``directory`` atomically, then delete all but the newest ``keep_last`` sibling checkpoints. A write that
+    fails (a full disk) leaves the earlier checkpoints as they were and stops the run with a CheckpointWriteError."""
+    try:
+        with atomic_dir(directory) as tmp:
+            save_model(tmp)
+            if optimizer is not None:  # None: save_model wrote it (sharded checkpoints, posttrain.engine.fsdp)
+                tensors, skeleton = flatten_tensors(optimizer.state_dict())
+                save_file(tensors, tmp / "optimizer.safetensors")
+                (tmp / "optimizer.json").write_text(json.dumps(skeleton))
+            rng = {"torch_cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+            save_file(rng, tmp / "rng.safetensors")
+            method_tensors, method_state = flatten_tensors(state.get("method", {}))  # e.g. a rollout reused next step
+            if method_tensors:
+                save_file(method_tensors, tmp / METHOD_TENSORS)
+            state = dict(state, method=method_state, python_rng=_python_rng_to_json(random.getstate()))
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    except OSError as exc:
+        previous = list_checkpoints(directory.parent)
+        kept = f"the last complete checkpoint, {previous[-1]}, is intact" if previous else "no checkpoint was written"
+        raise CheckpointWriteError(f"could not write checkpoint {directory}: {exc.strerror or exc}; {kept}; free "
+                                   "space and re-run the same command to resume") from exc
     if keep_last:
         for old in list_checkpoints(directory.parent)[:-keep_last]:
             _remove_tree(old)
@@ -44,10 +62,11 @@ def save_checkpoint(directory: Path, save_model, optimizer, state: dict, keep_la
 
 def load_checkpoint(directory: Path, load_model, optimizer) -> dict:
     """Restore model weights (``load_model(directory)``, the inverse of the ``save_model`` that wrote them), optimizer
-    and RNG states from ``directory``; returns the trainer state."""
+    and RNG states from ``directory``; returns the trainer state. ``optimizer`` None: ``load_model`` loads it."""
     load_model(directory)
-    skeleton = json.loads((directory / "optimizer.json").read_text())
-    optimizer.load_state_dict(unflatten_tensors(load_file(directory / "optimizer.safetensors"), skeleton))
+    if optimizer is not None:
+        skeleton = json.loads((directory / "optimizer.json").read_text())
+        optimizer.load_state_dict(unflatten_tensors(load_file(directory / "optimizer.safetensors"), skeleton))
     rng = load_file(directory / "rng.safetensors")
     torch.set_rng_state(rng["torch_cpu"])
     cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
@@ -55,6 +74,8 @@ def load_checkpoint(directory: Path, load_model, optimizer) -> dict:
         torch.cuda.set_rng_state_all(cuda_states)
     state = json.loads((directory / STATE_FILE).read_text())
     random.setstate(_python_rng_from_json(state.pop("python_rng")))
+    method_tensors = load_file(directory / METHOD_TENSORS) if (directory / METHOD_TENSORS).is_file() else {}
+    state["method"] = unflatten_tensors(method_tensors, state.get("method", {}))
     return state
 
 

@@ -7,6 +7,23 @@ from dataclasses import dataclass
 from typing import Literal
 
 from posttrain.config import option
+from posttrain.engine.schedules import LRScheduleParams
+from posttrain.engine.trackers import TrackerName
+
+
+@dataclass
+class DistributedConfig:
+    """Several processes on torchrun (docs/distributed.md); read only when WORLD_SIZE > 1."""
+
+    backend: Literal["auto", "gloo", "nccl"] = option("auto", help="the collective backend; auto: nccl when the model "
+                                                                   "is on CUDA, gloo on CPU")
+    strategy: Literal["ddp", "fsdp"] = option("ddp", help="ddp: every process holds the whole model and its "
+                                                          "optimizer state; gradients are summed over processes once "
+                                                          "per step. fsdp: each process holds 1/N of the weights, "
+                                                          "gradients and AdamW state (FSDP2 per decoder layer; SFT "
+                                                          "and DPO, full fine-tuning)")
+    timeout_s: float = option(600.0, min=1, help="seconds a collective waits for the other processes before the run "
+                                                 "stops with an error naming the process that failed")
 
 
 @dataclass
@@ -23,8 +40,22 @@ class EngineConfig:
     grad_accum_steps: int = option(1, min=1, help="micro-batches per optimizer step: a step sees batch_size x "
                                                   "grad_accum_steps examples")
     learning_rate: float = option(2e-5, min=0, help="AdamW's peak learning rate, reached after warmup_steps")
-    lr_schedule: Literal["constant", "linear", "cosine"] = option(
-        "cosine", help="after warmup: constant, or a linear or cosine decay to 0 at the last step")
+    lr_schedule: Literal["constant", "linear", "cosine", "step", "cosine_restarts", "wsd", "inverse_sqrt"] = option(
+        "cosine", help="after warmup: constant; a linear or cosine decay to 0 at the last step; step (x lr_gamma every "
+                       "lr_step_size steps); cosine_restarts (lr_num_cycles cosine decays); wsd (warmup-stable-decay: "
+                       "constant, then lr_decay_shape to 0 over the last lr_decay_fraction of the steps); "
+                       "inverse_sqrt (sqrt(lr_timescale / (steps after warmup + lr_timescale))); docs/training.md")
+    lr_step_size: int | None = option(None, min=1, help="lr_schedule step: optimizer steps between decays; None: a "
+                                                        "tenth of the steps after warmup")
+    lr_gamma: float = option(0.1, min=0, max=1, help="lr_schedule step: the factor applied at each decay")
+    lr_num_cycles: int = option(1, min=1, help="lr_schedule cosine_restarts: cosine cycles, each restarting at "
+                                               "learning_rate")
+    lr_decay_fraction: float = option(0.1, min=0, max=1, help="lr_schedule wsd: share of the steps after warmup "
+                                                              "spent decaying to 0")
+    lr_decay_shape: Literal["linear", "cosine", "1-sqrt"] = option(
+        "linear", help="lr_schedule wsd: the shape of the final decay")
+    lr_timescale: int | None = option(None, min=1, help="lr_schedule inverse_sqrt: the timescale tau in steps; None: "
+                                                        "warmup_steps, or 10000 without warmup")
     warmup_steps: int = option(0, min=0, help="optimizer steps of linear warmup up to learning_rate")
     weight_decay: float = option(0.0, min=0, help="AdamW's decoupled weight decay, applied to matrices only (biases "
                                                   "and norm weights get none)")
@@ -55,12 +86,22 @@ class EngineConfig:
     eval_on_start: bool = option(True, help="also evaluate at step 0: the baseline that final figures are compared "
                                             "with")
     eval_batch_size: int = option(16, min=1, help="examples per forward pass in the engine's evaluation")
-    patience: int | None = option(None, min=1, help="stop after this many evaluations in a row without a lower "
-                                                    "eval_loss; None: never stop early")
+    patience: int | None = option(None, min=1, help="stop after this many evaluations in a row in which "
+                                                    "metric_for_best_model did not improve; None: never stop early")
+    metric_for_best_model: str = option("eval_loss", help="the evaluation figure that early stopping and save_best "
+                                                          "follow, e.g. eval_accuracy (the eval_ prefix may be left "
+                                                          "out)")
+    greater_is_better: bool | None = option(None, help="whether a higher metric_for_best_model is better; None: "
+                                                       "lower is better for names ending in loss, mse, mae, ece or "
+                                                       "perplexity, higher for any other")
+    save_best: bool = option(False, help="write the model of the best evaluation so far (by metric_for_best_model) to "
+                                         "output_dir/best/, kept whatever save_total_limit deletes")
     save_steps: int | None = option(None, min=1, help="write a checkpoint (checkpoints/step_N/) every N optimizer "
                                                       "steps; None: none, only final/")
     save_total_limit: int | None = option(2, min=1, help="checkpoints kept, the newest (older ones are deleted); None: "
                                                          "keep all")
+    warn_nonfinite_fraction: float = option(0.05, min=0, max=1, help="warn at the end of a run when more than this "
+                                                                     "share of its steps was skipped as non-finite")
     max_consecutive_nonfinite: int = option(5, min=1, help="optimizer steps in a row with a non-finite loss or "
                                                            "gradient (each skipped) before the run stops with an error")
     resume_from: str | None = option(None, help="a checkpoint folder to resume from; None: re-running into the same "
@@ -70,6 +111,28 @@ class EngineConfig:
     shuffle: bool = option(True, help="shuffle the training examples each epoch (seeded by seed and the epoch)")
     bucket_window: int = option(16, min=1, help="step batches per length-sorting window: examples of similar length "
                                                 "share a batch, which cuts padding")
-    tensorboard: bool = option(False, help="also write TensorBoard events to output_dir/tensorboard (needs the "
-                                           "tensorboard extra)")
+    report_to: list[TrackerName] | TrackerName = option(default_factory=lambda: ["jsonl"], help="where the logged records go besides "
+                                  "log_history.jsonl (always written): any of jsonl, tensorboard, wandb, trackio, "
+                                  "mlflow; each needs its extra (docs/trackers.md)")
+    tensorboard: bool = option(False, help="the same as adding tensorboard to report_to")
     progress_bar: bool = option(True, help="show a progress bar; false: log each record as a JSON line instead")
+    distributed: DistributedConfig = option(
+        default_factory=DistributedConfig, help="data-parallel training when launched by torchrun: backend, strategy, "
+                                                "collective timeout (docs/distributed.md)")
+
+    def tracker_names(self) -> list[str]:
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        return [*names, "tensorboard"] if self.tensorboard else names
+
+    def best_metric(self) -> tuple[str, bool]:
+        """``(eval record key, greater is better)`` of metric_for_best_model."""
+        name = self.metric_for_best_model
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        if self.greater_is_better is not None:
+            return key, self.greater_is_better
+        return key, not key.endswith(("loss", "mse", "mae", "ece", "perplexity"))
+
+    def lr_schedule_params(self) -> LRScheduleParams:
+        return LRScheduleParams(step_size=self.lr_step_size, gamma=self.lr_gamma, num_cycles=self.lr_num_cycles,
+                                decay_fraction=self.lr_decay_fraction, decay_shape=self.lr_decay_shape,
+                                timescale=self.lr_timescale)

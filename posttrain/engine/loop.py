@@ -3,7 +3,8 @@
 Around the method's summed loss, divided by the item count of the whole optimizer step (so gradient accumulation
 and batch splitting do not change it), the engine does: AdamW, the LR schedule, mixed precision, clipping, a
 non-finite guard, logging (log_history.jsonl, progress bar, TensorBoard), periodic evaluation with early stopping,
-and atomic checkpoints that resume exactly (same weights, same logged losses as an uninterrupted run).
+and atomic checkpoints that resume exactly (same weights, same logged losses as an uninterrupted run). Under torchrun
+each process trains on its share of every step batch (``posttrain.engine.distributed``, docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from posttrain.data.batching import count_real_tokens, split_micro_batches, step_batches
 from posttrain.data.tokenize import Example
+from posttrain.engine import distributed, fsdp
 from posttrain.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from posttrain.engine.config import EngineConfig
 from posttrain.engine.method import Method
@@ -35,8 +37,9 @@ from posttrain.engine.run_log import (
     window_record,
 )
 from posttrain.engine.step_in_backward import StepInBackward
+from posttrain.engine.trackers import open_trackers
 from posttrain.errors import ConfigError, PosttrainError
-from posttrain.io import atomic_write_text
+from posttrain.io import TEMPORARY_PREFIXES, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +76,17 @@ class Engine:
         self.callbacks = callbacks or []
         self.output_dir = Path(config.output_dir)
         self.device = next(model.parameters()).device
+        distributed.init_from_env(config.distributed.backend, config.distributed.timeout_s, self.device)
+        # FSDP (posttrain.engine.fsdp): each rank holds a shard of the weights, gradients and AdamW moments
+        self.sharded = distributed.world_size() > 1 and config.distributed.strategy == "fsdp"
         self.lengths = [len(e) for e in train_examples]
-        self.step_size = config.batch_size * config.grad_accum_steps
+        # the global step batch: every rank takes its share of it (distributed.rank_share)
+        self.step_size = config.batch_size * config.grad_accum_steps * distributed.world_size()
         self.steps_per_epoch = math.ceil(len(train_examples) / self.step_size)
         self.total_steps = config.max_steps or max(1, math.ceil(config.num_epochs * self.steps_per_epoch))
         self.autocast_dtype, self.scaler = autocast_precision(config.precision, self.device)
         self._check_optimizer_in_backward()
+        self._check_world()
         self.step_in_backward: StepInBackward | None = None  # set up in train()
         self.state = self._fresh_state()
 
@@ -91,10 +99,17 @@ class Engine:
     def train(self) -> dict:
         """Run to ``total_steps`` (or early stop); returns the final trainer state."""
         config = self.config
-        resume_dir = prepare_output_dir(self.output_dir, config.resume_from, config.overwrite_output_dir,
-                                        self.method.outputs)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.output_dir / "config.json", json.dumps(self.resolved_config, indent=2) + "\n")
+        resume_dir = None
+        if distributed.is_main():  # the run's files are rank 0's; the others learn where it resumes from
+            resume_dir = prepare_output_dir(self.output_dir, config.resume_from, config.overwrite_output_dir,
+                                            self.method.outputs)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.output_dir / "config.json", json.dumps(self.resolved_config, indent=2) + "\n")
+        resume_dir = distributed.broadcast_object(resume_dir)
+        if distributed.world_size() > 1:
+            log.warning("%d processes x batch_size %d x grad_accum_steps %d = %d examples per optimizer step",
+                        distributed.world_size(), config.batch_size, config.grad_accum_steps, self.step_size)
+            distributed.broadcast_parameters(self.model)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         if config.gradient_checkpointing:
@@ -103,34 +118,51 @@ class Engine:
             for model in models:
                 if hasattr(model, "gradient_checkpointing_enable"):
                     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.sharded:  # after the broadcast (identical full weights to shard), before the optimizer sees them
+            fsdp.shard_model(self.model, self.autocast_dtype)
         self.optimizer = build_optimizer(self.model, config.learning_rate, config.weight_decay,
                                          (config.adam_beta1, config.adam_beta2), config.adam_epsilon,
                                          self.method.learning_rates(self.model))
         preallocate_training_state(self.optimizer, with_grads=self._keep_grad_buffers())
         self.step_in_backward = StepInBackward(self.optimizer) if config.optimizer_in_backward else None
+        schedule_params = config.lr_schedule_params()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, self.total_steps, config.warmup_steps, config.lr_schedule))
+            self.optimizer, lambda step: lr_factor(step, self.total_steps, config.warmup_steps, config.lr_schedule,
+                                                   schedule_params))
         self.state = state = self._resume(resume_dir) if resume_dir is not None else self._fresh_state()
-        self.run_log = RunLog(self.output_dir, config.tensorboard, echo=not config.progress_bar)
+        trackers = (open_trackers(config.tracker_names(), self.output_dir, self.resolved_config)
+                    if distributed.is_main() else [])
+        self.run_log = RunLog(self.output_dir, trackers, echo=not config.progress_bar, write=distributed.is_main())
         self.model.train()
         if config.eval_on_start and state["step"] == 0 and self.eval_examples:
             self.run_log.write({"step": 0, **self.evaluate()})
+            self.run_log.write_tables(self.method.outputs, 0)
         progress = self._progress(state["step"])
         if self.step_in_backward:
             self.step_in_backward.attach()
         try:
             self._train_loop(state, progress, time.perf_counter())
+        except Exception as exc:
+            distributed.record_failure(exc)  # the other ranks stop with this message instead of waiting for it
+            raise
         finally:
             if self.step_in_backward:
                 self.step_in_backward.detach()
         progress.close()
-        if self.eval_examples and not (config.eval_steps and state["step"] % config.eval_steps == 0):
+        evaluated = self.evaluations and self.evaluations[-1]["step"] == state["step"]  # e.g. resumed at the end
+        if self.eval_examples and not evaluated:
             self._eval_and_maybe_stop(state)
+        if self.sharded:  # final/, the evaluation and generation after training take the plain full model
+            fsdp.unshard_model(self.model)
         self.run_log.close()
         if state["step"] and state["nonfinite_total"] >= state["step"]:
             raise NonFiniteLossError(
                 f"every one of the {state['step']} steps had a non-finite loss or gradient: nothing was trained. "
                 "Check the data (NaN or infinite values) and lower learning_rate")
+        if state["step"] and state["nonfinite_total"] > config.warn_nonfinite_fraction * state["step"]:
+            log.warning("%d of %d steps were skipped for a non-finite loss or gradient (more than "
+                        "warn_nonfinite_fraction=%s): check the data and the learning rate",
+                        state["nonfinite_total"], state["step"], config.warn_nonfinite_fraction)
         return state
 
     def _train_loop(self, state: dict, progress, window_start: float) -> None:
@@ -138,7 +170,7 @@ class Engine:
         while state["step"] < self.total_steps and not state["stopped"]:
             epoch, position = state["epoch"], state["batch_in_epoch"]
             plan = step_batches(self.lengths, self.step_size, config.seed, epoch, config.shuffle, config.bucket_window)
-            indices = plan[position]
+            indices = distributed.rank_share(plan[position], self.lengths)
             state["epoch"], state["batch_in_epoch"] = (epoch + 1, 0) if position + 1 == len(plan) else (epoch, position + 1)
 
             loss, metrics, tokens, grad_norm, finite = self._optimizer_step(indices)
@@ -168,7 +200,7 @@ class Engine:
         ]
         with self._autocast():
             self.method.prepare_step(self.model, micro, self.state["step"])
-        total_items = sum(self.method.count(b) for b in micro)
+        total_items = int(distributed.all_reduce_sum([sum(self.method.count(b) for b in micro)])[0])
         if total_items == 0:
             log.warning("step %d: no item in the step batch carries loss (all masked or filtered); no update",
                         self.state["step"] + 1)
@@ -177,8 +209,10 @@ class Engine:
         if self.step_in_backward:
             self.step_in_backward.start()
         loss_total, metrics = self._backward(micro, total_items)
-        metrics.update(self.method.step_metrics())
         tokens = sum(count_real_tokens(b) for b in micro if "attention_mask" in b)
+        loss_total, metrics, tokens = distributed.step_figures(loss_total, metrics, self.method.step_metrics(), tokens)
+        if not self.sharded:  # FSDP has reduce-scattered (summed) each gradient in backward already
+            distributed.all_reduce_gradients(self.model)
         grad_norm, finite = self._update(loss_total)
         return loss_total, metrics, tokens, grad_norm, finite
 
@@ -187,9 +221,11 @@ class Engine:
         for every micro-batch, so accumulation is exact); the step's loss and metric means."""
         loss_total = 0.0
         metrics: dict[str, float] = {}
+        # FSDP: a rank with fewer micro-batches than another (a short last batch) adds passes of zero gradient
+        extra_passes = fsdp.missing_passes(len(micro)) if self.sharded else 0
         for batch in micro:
-            if self.method.count(batch) == 0:  # e.g. every row of an RL micro-batch filtered out
-                continue
+            if self.method.count(batch) == 0 and not self.sharded:  # e.g. every RL row filtered out
+                continue  # (FSDP runs it: every rank must run as many passes, each gathering the weights)
             with self._autocast():
                 out = self.method.loss(self.model, batch)
             loss = out.loss_sum / total_items
@@ -199,6 +235,10 @@ class Engine:
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             for name, value in out.metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + float(value) / total_items
+        for _ in range(extra_passes):
+            with self._autocast():
+                out = self.method.loss(self.model, micro[-1])
+            (out.loss_sum * 0.0).backward()
         return loss_total, metrics
 
     def _update(self, loss_total: float) -> tuple[float, bool]:
@@ -212,7 +252,7 @@ class Engine:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.config.max_grad_norm or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        grad_norm = float(fsdp.full_value(torch.nn.utils.clip_grad_norm_(params, max_norm)))
         finite = math.isfinite(loss_total) and (math.isfinite(grad_norm) or self.scaler is not None)
         if finite:
             if self.scaler:
@@ -248,7 +288,7 @@ class Engine:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """The method's own evaluation, or the loss and metrics averaged over the whole eval set (item-weighted,
-        like training)."""
+        like training; under torchrun each rank scores every world-size-th example and the sums are added up)."""
         step = self.state["step"]
         own = self.method.evaluate(self.model, step)
         if own is not None:
@@ -257,7 +297,10 @@ class Engine:
         self.model.eval()
         lengths = [len(e) for e in self.eval_examples]
         order = sorted(range(len(self.eval_examples)), key=lambda i: lengths[i])
+        order = order[distributed.rank() :: distributed.world_size()]
         loss_sum, items, sums = 0.0, 0, {}
+        # FSDP gathers weights in every forward: a rank with fewer batches runs discarded ones (counted before any)
+        extra_passes = fsdp.missing_passes(-(-len(order) // self.config.eval_batch_size)) if self.sharded else 0
         for start in range(0, len(order), self.config.eval_batch_size):
             chunk = [self.eval_examples[i] for i in order[start : start + self.config.eval_batch_size]]
             batch = self._to_device(self.method.collate(chunk, self.pad_token_id))
@@ -268,7 +311,14 @@ class Engine:
             items += self.method.count(batch)
             for name, value in out.metrics.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
+        for _ in range(extra_passes):
+            with self._autocast():
+                self.method.loss(self.model, self._to_device(self.method.collate(self.eval_examples[:1],
+                                                                                 self.pad_token_id)))
         self.model.train(was_training)
+        if distributed.world_size() > 1:
+            sums = distributed.sum_over_ranks(dict(sums, eval_loss_sum=loss_sum, eval_items=items))
+            loss_sum, items = sums.pop("eval_loss_sum"), int(sums.pop("eval_items"))
         result = {"eval_loss": loss_sum / max(items, 1), "eval_items": items}
         result.update({f"eval_{k}": v / max(items, 1) for k, v in sums.items()})
         return result
@@ -276,29 +326,54 @@ class Engine:
     def _eval_and_maybe_stop(self, state: dict) -> None:
         result = self.evaluate()
         self.run_log.write({"step": state["step"], **result})
-        if "eval_loss" not in result:  # a method's own evaluation may have no loss: no early stopping on it
+        self.run_log.write_tables(self.method.outputs, state["step"])
+        key, greater = self.config.best_metric()
+        if key not in result:  # a method's own evaluation may have no loss: no early stopping on it
+            if key != "eval_loss":
+                raise ConfigError(f"metric_for_best_model: the evaluation has no {key!r}; it has "
+                                  f"{', '.join(k for k in result if k.startswith('eval_'))}")
             return
-        if result["eval_loss"] < state["best_eval_loss"]:
-            state["best_eval_loss"], state["evals_without_improvement"] = result["eval_loss"], 0
+        if "best_metric" not in state:  # a checkpoint written before metric_for_best_model existed
+            state["best_metric"] = state.pop("best_eval_loss", None)
+        best, value = state["best_metric"], result[key]
+        limit = best if best is not None else (-math.inf if greater else math.inf)
+        if (value > limit) if greater else (value < limit):  # NaN never improves
+            state["best_metric"], state["best_step"], state["evals_without_improvement"] = value, state["step"], 0
+            if self.config.save_best and distributed.is_main():
+                self.save_model(self.output_dir / "best")
         else:
             state["evals_without_improvement"] += 1
             if self.config.patience and state["evals_without_improvement"] >= self.config.patience:
-                state["stopped"] = f"early stop: eval_loss did not improve for {self.config.patience} evaluations"
+                state["stopped"] = f"early stop: {key} did not improve for {self.config.patience} evaluations"
                 log.warning("step %d: %s", state["step"], state["stopped"])
 
     # ----------------------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes the checkpoint (every rank holds the same weights and optimizer state). Under FSDP every
+        rank first writes its shards into a temporary folder, which rank 0 moves into the checkpoint it writes."""
         state = dict(self.state, scheduler=self.scheduler.state_dict(), method=self.method.state_dict())
         directory = self.output_dir / "checkpoints" / f"step_{self.state['step']}"
-        return save_checkpoint(directory, self.save_model, self.optimizer, state, self.config.save_total_limit)
+        save_model, optimizer = self.save_model, self.optimizer
+        if self.sharded:
+            staging = directory.with_name(f"{TEMPORARY_PREFIXES[0]}{directory.name}-shards")
+            fsdp.write_shards(staging, self.model, self.optimizer)
+            save_model, optimizer = (lambda tmp: staging.replace(tmp / fsdp.SHARDED_DIR)), None
+        if not distributed.is_main():
+            return None
+        return save_checkpoint(directory, save_model, optimizer, state, self.config.save_total_limit)
 
     def _resume(self, directory: Path) -> dict:
         """Weights, optimizer, schedule, RNG and the method's own state from a checkpoint; the log files cut back
         to its step (the steps after it are logged again)."""
-        state = load_checkpoint(directory, self.load_model, self.optimizer)
+        if (directory / fsdp.SHARDED_DIR).is_dir():  # written under FSDP: resharded to this run's processes
+            state = load_checkpoint(directory, lambda d: fsdp.read_shards(d, self.model, self.optimizer), None)
+        elif self.sharded:  # a single-process checkpoint: each rank keeps its shard
+            state = load_checkpoint(directory, lambda d: fsdp.read_full_checkpoint(d, self.model, self.optimizer), None)
+        else:
+            state = load_checkpoint(directory, self.load_model, self.optimizer)
         self.scheduler.load_state_dict(state.pop("scheduler"))
         self.method.load_state_dict(state.pop("method", {}), state["step"])
-        for name in (LOG_FILE, *self.method.outputs):
+        for name in (LOG_FILE, *self.method.outputs) if distributed.is_main() else ():
             if name.endswith(".jsonl"):
                 truncate_jsonl(self.output_dir / name, state["step"])
         log.warning("resumed from %s at step %d", directory, state["step"])
@@ -308,14 +383,15 @@ class Engine:
     def _fresh_state(self) -> dict:
         return {
             "step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": self.total_steps,
-            "best_eval_loss": float("inf"), "evals_without_improvement": 0, "stopped": "",
+            "best_metric": None, "best_step": None, "evals_without_improvement": 0, "stopped": "",
             "nonfinite_in_a_row": 0, "nonfinite_total": 0, "window": empty_window(),
         }
 
     def _progress(self, initial: int):
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.total_steps, initial=initial, disable=not self.config.progress_bar, desc="train",
+        return tqdm(total=self.total_steps, initial=initial, desc="train",
+                    disable=not (self.config.progress_bar and distributed.is_main()),
                     dynamic_ncols=True)
 
     def _keep_grad_buffers(self) -> bool:
@@ -342,6 +418,28 @@ class Engine:
         if self.scaler is not None:
             raise ConfigError("optimizer_in_backward=true does not support precision=fp16 (the loss scaler "
                               "unscales every gradient before one step); use bf16 or fp32")
+
+    def _check_world(self) -> None:
+        """What several processes need: every rank gets at least one example of every step batch (a rank without
+        one would leave the others waiting in a method's collectives), and no update inside backward (it would come
+        before the gradients are summed over ranks)."""
+        world = distributed.world_size()
+        if world == 1:
+            return
+        if self.config.optimizer_in_backward:
+            raise ConfigError(f"optimizer_in_backward=true updates each parameter before its gradient is summed over "
+                              f"the {world} processes: set it to false")
+        if not self.method.data_parallel:
+            raise ConfigError(f"{type(self.method).__name__} does not run in several processes yet (its statistics "
+                              "over a step batch are one process's): launch it without torchrun")
+        if self.sharded:
+            fsdp.check(self.model, self.method, self.config.save_best)
+        last = len(self.train_examples) % self.step_size
+        if 0 < last < world:
+            raise ConfigError(
+                f"the last step batch of each epoch holds {last} of the {len(self.train_examples)} examples, fewer "
+                f"than the {world} processes: use a training set size that leaves 0 or at least {world} examples over "
+                f"a multiple of {self.step_size} (batch_size x grad_accum_steps x processes)")
 
     def _autocast(self):
         if self.autocast_dtype is None:

@@ -39,6 +39,13 @@ class Method:
     #: files (or folders) in output_dir the method writes, e.g. ("samples.jsonl",). JSONL files whose lines carry a
     #: "step" lose the lines after the checkpoint a run resumes from.
     outputs: tuple[str, ...] = ()
+    #: whether the method runs data-parallel under torchrun (docs/distributed.md): its statistics over a step batch
+    #: are gathered over processes (``posttrain.engine.distributed``), or it keeps none; False: the engine refuses to
+    #: run it in more than one process
+    data_parallel: bool = True
+    #: whether the method is tested under ``distributed.strategy: fsdp`` (posttrain.engine.fsdp): all its forward
+    #: passes of the policy go through ``token_logps``, the same number on every rank
+    fsdp: bool = False
 
     def collate(self, examples: list, pad_token_id: int) -> dict[str, torch.Tensor]:
         """How the method's examples become a batch (padded token rows by default)."""
@@ -74,7 +81,8 @@ class Method:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state that a resumed run needs to continue exactly; saved in every checkpoint."""
+        """The state a resumed run needs to continue exactly, saved in every checkpoint: JSON values, and tensors
+        (nested in dicts and lists; stored in safetensors, loaded back on the CPU)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any], step: int) -> None:

@@ -3,10 +3,9 @@ the training state created before the first forward pass."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from posttrain.engine.schedules import LRScheduleParams, schedule_factor
 from posttrain.errors import ConfigError
 
 
@@ -28,16 +27,11 @@ def build_optimizer(model, learning_rate: float, weight_decay: float, betas: tup
         return torch.optim.AdamW(param_groups, foreach=True, **kwargs)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Linear warmup, then constant, linear decay to 0, or cosine decay to 0 (Loshchilov & Hutter 2017)."""
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return 1.0
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str,
+              params: LRScheduleParams | None = None) -> float:
+    """Linear warmup, then the schedule named ``schedule`` (posttrain.engine.schedules: constant, linear, cosine,
+    step, cosine_restarts, wsd, inverse_sqrt)."""
+    return schedule_factor(step, total_steps, warmup_steps, schedule, params)
 
 
 def autocast_precision(precision: str, device: torch.device):

@@ -5,6 +5,7 @@ interrupted writes left behind goes first; a run interrupted before its first ch
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,22 @@ log = logging.getLogger(__name__)
 
 # the run's outputs that are not a method's own (Method.outputs, cleared with them). samples.jsonl, the shared name of a
 # run's sample file, is always cleared, so a previous run's samples never sit beside a new run's figures
-RUN_OUTPUTS = (LOG_FILE, "samples.jsonl", "evaluation.json", "checkpoints", "final", "tensorboard")
+RUN_OUTPUTS = (LOG_FILE, "samples.jsonl", "evaluation.json", "checkpoints", "final", "best", "tensorboard", "wandb",
+               "mlflow.db", "trackers.json")
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Refuse, before anything loads, an output_dir that is a file, lies under a file, or cannot be created."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output_dir {path} is a file; expected a folder (or a path where one can be made)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"output_dir {path} lies under {parent}, which is a file")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"output_dir {path}: {parent} is not writable")
+            return
 
 
 def prepare_output_dir(output_dir: Path, resume_from: str | None, overwrite: bool,
@@ -35,11 +51,13 @@ def prepare_output_dir(output_dir: Path, resume_from: str | None, overwrite: boo
     if overwrite:
         clear_run_outputs(output_dir, method_outputs)
         return None
-    if (output_dir / "final").exists():
+    if (output_dir / "evaluation.json").exists():  # written last: the run finished
         raise ConfigError(
-            f"output_dir {output_dir} holds a finished run (final/ exists); choose another output_dir or set "
-            "overwrite_output_dir=true"
+            f"output_dir {output_dir} holds a finished run (evaluation.json exists); choose another output_dir or "
+            "set overwrite_output_dir=true"
         )
+    if (output_dir / "final").exists():  # stopped between final/ and evaluation.json: it finishes again
+        log.warning("%s: a run that stopped after writing final/ but before evaluation.json; finishing it", output_dir)
     checkpoints = list_checkpoints(output_dir / "checkpoints")
     if checkpoints:
         return checkpoints[-1]

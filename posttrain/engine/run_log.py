@@ -1,4 +1,4 @@
-"""The run's log: ``log_history.jsonl`` (one JSON object per logged step), its TensorBoard mirror, the logging window
+"""The run's log: ``log_history.jsonl`` (one JSON object per logged step), mirrored to the trackers, the logging window
 that averages a step's figures until they are written, and cutting step-keyed JSONL files back on resume."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import json
 import logging
 from pathlib import Path
 
-from posttrain.errors import require
 from posttrain.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -16,34 +15,42 @@ LOG_FILE = "log_history.jsonl"
 
 
 class RunLog:
-    """Appends records to ``output_dir/log_history.jsonl`` (and TensorBoard when asked); keeps the evaluation records
-    of the whole run (read back from the file on resume), so an end-of-run summary needs no second read."""
+    """Appends records to ``output_dir/log_history.jsonl`` and mirrors them to the run's trackers (``report_to``);
+    keeps the evaluation records of the whole run (read back from the file on resume), so an end-of-run summary needs
+    no second read."""
 
-    def __init__(self, output_dir: Path, tensorboard: bool, echo: bool):
+    def __init__(self, output_dir: Path, trackers: list, echo: bool, write: bool = True):
         self.path = Path(output_dir) / LOG_FILE
-        self.echo = echo  # without a progress bar, each record goes to the Python log as well
-        self.writer = None
-        if tensorboard:
-            require("tensorboard", "tensorboard", "tensorboard=true")
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+        self.echo = echo and write  # without a progress bar, each record goes to the Python log as well
+        self.trackers = trackers
+        self.write_files = write  # False on every process but the first of a distributed run
         self.evaluations = [r for r in read_jsonl(self.path) if is_evaluation(r)]
 
     def write(self, record: dict) -> None:
-        append_jsonl(self.path, [record])
         if is_evaluation(record):
             self.evaluations.append(record)
-        if self.writer is not None:
-            for name, value in record.items():
-                if name != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(name, value, record["step"])
+        if not self.write_files:
+            return
+        append_jsonl(self.path, [record])
+        for tracker in self.trackers:
+            tracker.log(record, record["step"])
         if self.echo:
             log.info(json.dumps(record))
 
+    def write_tables(self, output_names: tuple[str, ...], step: int) -> None:
+        """A method's step-keyed JSONL outputs (e.g. the samples of an evaluation): their rows of ``step``, as one
+        table per file, to the trackers."""
+        if not (self.trackers and self.write_files):
+            return
+        for name in output_names:
+            rows = [r for r in read_jsonl(self.path.parent / name) if r.get("step") == step] if name.endswith(
+                ".jsonl") else []
+            for tracker in self.trackers if rows else ():
+                tracker.log_table(Path(name).stem, rows, step)
+
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def is_evaluation(record: dict) -> bool:

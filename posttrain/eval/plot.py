@@ -112,4 +112,33 @@ def plot_run(run: str | Path, out_dir: str | Path | None = None) -> list[Path]:
         path = out_dir / f"{group}.png"
         figure.savefig(path, dpi=100)
         written.append(path)
-    return written
+    confusion = plot_confusion_matrix(run, out_dir)
+    return written + ([confusion] if confusion else [])
+
+
+def plot_confusion_matrix(run: Path, out_dir: Path) -> Path | None:
+    """``confusion_matrix.png`` from a classifier run's evaluation.json (method: classify), if it has one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = (run if run.is_dir() else run.parent) / "evaluation.json"
+    details = json.loads(path.read_text()).get("details", {}) if path.is_file() else {}
+    if "confusion_matrix" not in details:
+        return None
+    matrix, labels = details["confusion_matrix"], details["labels"]
+    size = 2.5 + 0.6 * len(labels)
+    figure = Figure(figsize=(size, size))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.imshow(matrix, cmap="Blues")
+    dark = max(max(counts) for counts in matrix) / 2
+    for row, counts in enumerate(matrix):
+        for column, count in enumerate(counts):
+            axes.text(column, row, str(count), ha="center", va="center", fontsize=9,
+                      color="white" if count > dark else "black")
+    axes.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
+             xlabel="predicted", ylabel="true", title=f"{run.name}: confusion matrix")
+    figure.tight_layout()
+    out = out_dir / "confusion_matrix.png"
+    figure.savefig(out, dpi=100)
+    return out

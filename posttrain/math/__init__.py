@@ -7,6 +7,21 @@ from posttrain.math.advantages import (
     token_gae,
     whiten,
 )
+from posttrain.math.classification import (
+    POOLINGS,
+    classification_loss,
+    multi_label_loss,
+    pool_hidden_states,
+    regression_loss,
+)
+from posttrain.math.distillation import (
+    DIVERGENCES,
+    DistillationLoss,
+    chunked_distillation_loss,
+    distillation_loss,
+    generalized_jsd,
+    token_divergence,
+)
 from posttrain.math.logprobs import (
     TokenLogps,
     chunked_token_logps,
@@ -23,6 +38,14 @@ from posttrain.math.policy import (
     entropy_from_logits,
     kl_estimate,
     policy_gradient_loss,
+)
+from posttrain.math.merging import (
+    dare_drop,
+    merge_tensors,
+    slerp,
+    task_arithmetic,
+    ties_merge,
+    weighted_average,
 )
 from posttrain.math.preference import (
     DPO_LOSSES,
@@ -44,7 +67,24 @@ from posttrain.math.rlhf import (
 from posttrain.math.sft import sft_nll_sum
 
 __all__ = [
+    "POOLINGS",
+    "classification_loss",
+    "multi_label_loss",
+    "pool_hidden_states",
+    "regression_loss",
+    "DIVERGENCES",
+    "DistillationLoss",
+    "chunked_distillation_loss",
+    "distillation_loss",
+    "generalized_jsd",
+    "token_divergence",
     "DPO_LOSSES",
+    "dare_drop",
+    "merge_tensors",
+    "slerp",
+    "task_arithmetic",
+    "ties_merge",
+    "weighted_average",
     "PreferenceLoss",
     "bradley_terry_loss",
     "dpo_loss",

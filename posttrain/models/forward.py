@@ -109,7 +109,23 @@ def token_logps(
     methods train on what they sampled); logits / T = (h / T) W^T + b / T, so the hidden states are scaled instead.
 
     A batch with ``packed_*`` keys (``posttrain.data.shared_prompts.with_shared_prompts``: completions sharing their
-    prompt) runs the model on the packed rows and returns the values in the padded layout."""
+    prompt) runs the model on the packed rows and returns the values in the padded layout.
+
+    A model sharded by FSDP (``posttrain.engine.fsdp``) carries this computation as a forward method of its root
+    module (``SHARDED_FORWARD``), so that FSDP gathers the embedding, final norm and head around it and
+    reduce-scatters their gradients after backward."""
+    sharded = causal_lm(model).__dict__.get(SHARDED_FORWARD)
+    if sharded is not None:
+        return sharded(batch, mask_key, with_entropy, chunk_size, temperature)
+    return unsharded_token_logps(model, batch, mask_key, with_entropy, chunk_size, temperature)
+
+
+SHARDED_FORWARD = "posttrain_token_logps"  # the root module's FSDP forward method, when the model is sharded
+
+
+def unsharded_token_logps(model, batch, mask_key="loss_mask", with_entropy=False, chunk_size=DEFAULT_CHUNK_SIZE,
+                          temperature=1.0) -> tuple[TokenLogps, torch.Tensor]:
+    """``token_logps`` itself, on parameters that are all present (not sharded, or gathered by FSDP)."""
     if "packed_input_ids" in batch and mask_key == "loss_mask":
         return _packed_token_logps(model, batch, with_entropy, chunk_size, temperature)
     return logps_from_hidden(model, hidden_states(model, batch), batch, mask_key, with_entropy, chunk_size, temperature)
@@ -118,7 +134,7 @@ def token_logps(
 def _packed_token_logps(model, batch, with_entropy, chunk_size, temperature) -> tuple[TokenLogps, torch.Tensor]:
     packed = {"input_ids": batch["packed_input_ids"], "position_ids": batch["packed_position_ids"],
               "attention_mask_4d": batch["packed_attention_mask_4d"], "loss_mask": batch["packed_loss_mask"]}
-    stats, packed_mask = token_logps(model, packed, "loss_mask", with_entropy, chunk_size, temperature)
+    stats, packed_mask = unsharded_token_logps(model, packed, "loss_mask", with_entropy, chunk_size, temperature)
     mask = batch["loss_mask"][:, 1:].bool()
     index = batch["unpack_index"]
     if index.numel() != int(mask.sum()):

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -104,6 +105,10 @@ def load_model(
             f"model spec {spec!r} is not a built-in name ({', '.join(BUILTIN_SPECS)}), not a local model directory, "
             f"and could not be loaded from the Hugging Face hub (offline and not cached?): {exc}"
         ) from None
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met something that is not a tensor
+        raise ModelLoadError(
+            f"model {spec!r}: its pickled weights file holds more than tensors, and posttrain never unpickles code "
+            "(torch.load weights_only); use a safetensors copy of the model") from None
     if quantization_config is None:
         model.to(torch_device)
     return model, tokenizer

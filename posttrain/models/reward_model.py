@@ -79,12 +79,12 @@ def load_reward_model(spec: str, dtype: str = "auto", device: str = "auto", trus
     return model.to(dtype=torch_dtype, device=torch_device), tokenizer
 
 
-def from_causal_lm(lm, tokenizer, seed: int = 0):
-    """A ``*ForSequenceClassification`` (num_labels=1) with ``lm``'s decoder weights and a new score head."""
+def from_causal_lm(lm, tokenizer, seed: int = 0, num_labels: int = 1):
+    """A ``*ForSequenceClassification`` (``num_labels`` outputs) with ``lm``'s decoder weights and a new score head."""
     from transformers import AutoModelForSequenceClassification
 
     config = copy.deepcopy(lm.config)
-    config.num_labels, config.pad_token_id, config.architectures = 1, tokenizer.pad_token_id, None
+    config.num_labels, config.pad_token_id, config.architectures = num_labels, tokenizer.pad_token_id, None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_config(config)

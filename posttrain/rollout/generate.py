@@ -29,6 +29,24 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, te
     return sample(model, tokenizer, prompt_ids, params, batch_size=batch_size).texts
 
 
+def self_consistent_generate(model, tokenizer, prompt: str, k: int, max_new_tokens: int = 256,
+                             temperature: float = 0.7, top_p: float = 1.0, system: str | None = None) -> dict:
+    """Self-consistency (Wang et al. 2023): k sampled completions of ``prompt``, the final answer parsed from each
+    (``posttrain.tasks.arithmetic.extract_answer``) and their majority vote (``posttrain.tasks.voting``)."""
+    from posttrain.errors import ConfigError
+    from posttrain.tasks.arithmetic import extract_answer
+    from posttrain.tasks.voting import majority_vote
+
+    if temperature <= 0 or k < 1:
+        raise ConfigError(f"self-consistency samples k >= 1 completions at a temperature > 0 (e.g. 0.7); got k={k}, "
+                          f"temperature={temperature}")
+    texts = generate(model, tokenizer, [prompt] * k, max_new_tokens, temperature, top_p, system=system)
+    answers = [extract_answer(text) for text in texts]
+    answer, votes = majority_vote(answers)
+    return {"answer": answer, "votes": votes, "k": k,
+            "samples": [{"text": text, "answer": parsed} for text, parsed in zip(texts, answers)]}
+
+
 @torch.no_grad()
 def _hf_generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, batch_size, system, streamer):
     device = next(model.parameters()).device

@@ -29,6 +29,9 @@ class SamplingParams:
     top_k: int = field(default=0, metadata={"min": 0})  # 0: off
     stop_strings: tuple[str, ...] = ()  # a completion ends with the token that completes one of these
     seed: int = 0
+    # added to each prompt's index in the sampling keys: where these prompts start in a larger batch, so that a share
+    # of it (a rank's, under torchrun) samples exactly the tokens the whole batch would give those prompts
+    prompt_offset: int = 0
     eos_token_ids: tuple[int, ...] | None = None  # None: the tokenizer's and the model's generation config's
     # speculative decoding by prompt lookup, exact (``_decode_batch``): up to this many draft tokens per row and
     # forward; 0: off. It pays only when few rows decode text that repeats itself (docs/benchmarks.md): off by default.
@@ -217,7 +220,7 @@ def _decode_batch(decoder, tokenizer, batch: _Batch, params: SamplingParams, sto
     """
     device = out.tokens.device
     rows = batch.rows  # active batch slot -> output row
-    keys = row_keys(params.seed, batch.prompt_index, batch.sample_index)
+    keys = row_keys(params.seed, batch.prompt_index + params.prompt_offset, batch.sample_index)
     done = torch.zeros(len(rows), dtype=torch.long, device=device)  # tokens emitted so far, per active row
     drafter = _start_drafter(decoder, batch, params)
 

@@ -13,11 +13,16 @@ import torch
 
 from posttrain.config import config_to_dict, option
 from posttrain.data import DataConfig
-from posttrain.engine import Engine, EngineConfig, Method
+from posttrain.engine import Engine, EngineConfig, Method, distributed
 from posttrain.engine.checkpoint import load_model_weights
+from posttrain.engine.run_log import read_jsonl
+from posttrain.engine.trackers import report_evaluation
 from posttrain.errors import ConfigError
+from posttrain.eval.evalfile import samples_path
 from posttrain.io import atomic_write_text
 from posttrain.models import LoraSettings, apply_lora, load_model, save_model
+from posttrain.models.model_card import evaluation_table, model_card
+from posttrain.models.freeze import FreezeSettings, freeze_parameters
 from posttrain.models.reward_model import apply_reward_lora, load_reward_model
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,9 @@ class PolicyTrainingConfig(EngineConfig):
                                                  "by some hub models)")
     lora: LoraSettings = option(
         default_factory=LoraSettings, help="LoRA adapters: train low-rank updates instead of the full weights")
+    freeze: FreezeSettings = option(default_factory=FreezeSettings, help="parameters that do not train (no gradient, "
+                                                                         "no optimizer state): the embeddings and "
+                                                                         "decoder layers by index (docs/training.md)")
     data: DataConfig = option(default_factory=DataConfig, help="the dataset: where it is, its format and columns, "
                                                                "lengths and masking")
     eval_suite: str | None = option(None, help="the harness's suite (posttrain eval: default, quick, or a suite file) "
@@ -63,8 +71,17 @@ def load_policy(config: PolicyTrainingConfig, reward_model: bool = False):
         model, tokenizer = load_model(config.model, dtype, config.device, config.quantization, config.trust_remote_code)
         if config.lora.enabled:
             model = apply_lora(model, config.lora, config.gradient_checkpointing)
+    apply_freeze(model, config.freeze)
     log_trainable(model, f"{'reward model from' if reward_model else 'model'} {config.model}")
     return model, tokenizer
+
+
+def apply_freeze(model, settings: FreezeSettings) -> None:
+    """Freeze what ``settings`` names (after LoRA: adapters in a frozen layer freeze with it)."""
+    if settings.enabled:
+        frozen = freeze_parameters(model, settings)
+        log.warning("froze %d parameter tensors (embeddings: %s, layers: %s)", len(frozen), settings.embeddings,
+                    settings.layers or "none")
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -115,7 +132,9 @@ def train_and_save(config: PolicyTrainingConfig, model, tokenizer, method: Metho
                     save_model=files.save, load_model=files.load, resolved_config=config_to_dict(config),
                     callbacks=callbacks)
     state = engine.train()
-    files.save(Path(config.output_dir) / "final", save_merged=config.lora.save_merged)
+    if distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
+        files.save(Path(config.output_dir) / "final", save_merged=config.lora.save_merged)
+    distributed.barrier()
     return TrainingRun(state, engine.evaluations)
 
 
@@ -163,6 +182,8 @@ def write_evaluation(config: PolicyTrainingConfig, evaluation: dict, model=None,
     ``final/evaluation.json``, with the harness's defaults (seed 0: the same problems as a ``posttrain eval`` baseline
     whatever the run's seed), i.e. what ``posttrain eval --model OUTPUT_DIR/final`` writes. The method's evaluation
     then names it as ``suite_evaluation`` (and ``posttrain compare OUTPUT_DIR`` reads it)."""
+    if not distributed.is_main():  # rank 0 evaluates and writes for the whole run
+        return evaluation
     output_dir = Path(config.output_dir)
     if config.eval_suite is not None:
         from posttrain.eval import evaluate
@@ -172,5 +193,38 @@ def write_evaluation(config: PolicyTrainingConfig, evaluation: dict, model=None,
                          dtype=config.dtype, label=str(final))
         evaluation["suite_evaluation"] = {"path": "final/evaluation.json", "suite": suite["suite"]["name"],
                                           "failed_metrics": suite["failed_metrics"], "time_s": suite["time_s"]}
+    if (output_dir / "final").is_dir():
+        atomic_write_text(output_dir / "final" / "README.md", training_card(config, evaluation))
     atomic_write_text(output_dir / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
+    if [name for name in config.tracker_names() if name != "jsonl"]:
+        samples = read_jsonl(samples_path(output_dir / "final" / "evaluation.json")) if config.eval_suite else []
+        report_evaluation(config.tracker_names(), output_dir, config_to_dict(config), evaluation.get("steps", 0),
+                          evaluation, samples)
     return evaluation
+
+
+def training_card(config: PolicyTrainingConfig, evaluation: dict) -> str:
+    """final/README.md: what was trained from what, on which data, how far, with the held-out figures before and after
+    and the config that reproduces it."""
+    settings = config_to_dict(config)
+    data = settings.get("data") or {}
+    adapter = f"a LoRA adapter (r={config.lora.r})" if config.lora.enabled else "full weights"
+    training = "\n".join([
+        f"- method: {config.method} ({adapter})",
+        f"- data: {data.get('path') or settings.get('task') or 'see the config'}",
+        f"- optimizer steps: {evaluation.get('steps')} ({evaluation.get('stopped', 'completed')}), batch "
+        f"{config.batch_size} x {config.grad_accum_steps} accumulation, learning rate {config.learning_rate:g} "
+        f"({config.lr_schedule}), seed {config.seed}",
+        f"- trainable parameters: {evaluation.get('trainable_parameters', '?'):,} of "
+        f"{evaluation.get('total_parameters', '?'):,}" if "total_parameters" in evaluation else "",
+    ])
+    sections = {"Training": training}
+    if evaluation.get("metrics"):
+        sections["Evaluation"] = ("Held-out figures from `evaluation.json`, before training (step 0) and after.\n\n"
+                                  + evaluation_table(evaluation["metrics"], evaluation.get("baseline")))
+    sections["Reproduce"] = ("Save as `config.json` and run `posttrain train config.json`:\n\n```json\n"
+                             + json.dumps(settings, indent=2) + "\n```")
+    return model_card(f"{config.method.upper()} of {config.model}",
+                      f"`{config.model}` post-trained with posttrain's `{config.method}`.", base_model=config.model,
+                      tags=[config.method, "lora" if config.lora.enabled else "full-fine-tuning"], sections=sections)
+

@@ -24,7 +24,7 @@ import torch
 from posttrain.config import option
 from posttrain.data import load_examples, load_rows, normalize_rows
 from posttrain.data.preference import collate_pairs, collate_pairs_packed, count_sequences, sequence_sums
-from posttrain.engine import LossOutput, Method
+from posttrain.engine import LossOutput, Method, distributed
 from posttrain.errors import ConfigError
 from posttrain.io import atomic_write_text
 from posttrain.math import kl_estimate
@@ -65,7 +65,8 @@ class DPOConfig(PolicyTrainingConfig):
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "cdpo"] = option(
         "sigmoid", help="DPO's loss of the margin h (method dpo only): sigmoid (DPO), hinge, ipo, robust or cdpo "
                         "(label noise)")
-    beta: float = option(0.1, min=0, help="DPO beta / IPO tau / SimPO beta: the scale of the implicit reward")
+    beta: float = option(0.1, above=0, help="DPO beta / IPO tau / SimPO beta: the scale of the implicit reward "
+                                             "(0 would train nothing, and IPO divides by it)")
     label_smoothing: float = option(0.0, min=0, max=0.5, help="robust, cdpo: the assumed share of flipped labels "
                                                               "(epsilon)")
     rpo_alpha: float | None = option(None, min=0, help="add alpha x NLL of the chosen completion to the DPO loss "
@@ -86,6 +87,8 @@ class DPOConfig(PolicyTrainingConfig):
 
 class PreferenceMethod(Method):
     """The loss the engine runs for B pairs: the method's per-pair losses summed, and metric sums over pairs."""
+
+    fsdp = True  # tested under distributed.strategy: fsdp (tests/distributed)
 
     def __init__(self, config: DPOConfig, reference: ReferencePolicy | None):
         self.config = config
@@ -187,8 +190,10 @@ def generate_answers(config: DPOConfig, model, tokenizer) -> list[dict]:
 def compare_generations(config: DPOConfig, before: list[dict], after: list[dict]) -> dict:
     """Mean words of the greedy answers before and after training (and the samples file they come from)."""
     path = Path(config.output_dir) / "samples.jsonl"
-    atomic_write_text(path, "".join(json.dumps({"prompt": b["prompt"], "chosen": b["chosen"], "before": b["output"],
-                                                "after": a["output"]}) + "\n" for b, a in zip(before, after)))
+    if distributed.is_main():  # under torchrun every rank generated the same answers; rank 0 writes them
+        atomic_write_text(path, "".join(json.dumps({"prompt": b["prompt"], "chosen": b["chosen"],
+                                                    "before": b["output"], "after": a["output"]}) + "\n"
+                                        for b, a in zip(before, after)))
 
     def words(answers):
         return sum(len(a["output"].split()) for a in answers) / max(len(answers), 1)

@@ -24,7 +24,7 @@ import torch
 
 from posttrain.config import option
 from posttrain.data.shared_prompts import with_shared_prompts
-from posttrain.engine import LossOutput
+from posttrain.engine import LossOutput, distributed
 from posttrain.errors import ConfigError
 from posttrain.math import clipped_policy_loss, group_advantages, kl_estimate, masked_sum
 from posttrain.math.advantages import leave_one_out_advantages, moving_average
@@ -109,6 +109,7 @@ class PolicyGradientMethod(OnlineRLMethod):
         self.baseline: float | None = None  # REINFORCE's moving average
         self.rollout_batches: list[dict] = []
         self.stats: dict[str, float] = {}
+        self.rollout_metrics: dict[str, float] = {}  # of the rollout the current cycle trains on
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         if "loss_mask" not in batch:
@@ -119,12 +120,12 @@ class PolicyGradientMethod(OnlineRLMethod):
     def prepare_step(self, model, micro_batches: list[dict[str, torch.Tensor]], step: int) -> None:
         """A new rollout every num_iterations optimizer steps (and after a resume); the steps in between reuse it
         (their prompts are not used)."""
+        example_index = torch.cat([b["example_index"] for b in micro_batches])
         if step % self.config.num_iterations == 0 or not self.rollout_batches:
-            example_index = torch.cat([b["example_index"] for b in micro_batches])
             self.rollout_batches = self.rollout(model, example_index, len(micro_batches), step)
         for batch, rows in zip(micro_batches, self.rollout_batches):
             batch.clear()
-            batch.update(rows)
+            batch.update({k: v.to(example_index.device) for k, v in rows.items()})  # restored ones are on the CPU
         self.train_started = time.perf_counter()
 
     @torch.no_grad()
@@ -150,7 +151,7 @@ class PolicyGradientMethod(OnlineRLMethod):
                 policy_logps = token_logps(model, scored_rows, temperature=config.temperature)[0].logps
             sequence_kl = masked_sum(policy_logps - rows["ref_token_logps"], rows["loss_mask"][:, 1:], -1).cpu()
         shaped = rewards if config.method in KL_IN_LOSS or sequence_kl is None else rewards - config.beta * sequence_kl
-        advantages, self.baseline = ADVANTAGE_ESTIMATORS[config.method](shaped, config, self.baseline)
+        advantages, self.baseline = self.estimate_advantages(shaped)
 
         zero_variance = rewards.view(-1, G).std(dim=1) == 0 if G > 1 else torch.zeros(len(rewards) // G, dtype=torch.bool)
         keep = ~zero_variance.repeat_interleave(G) if config.skip_zero_variance_groups else torch.ones_like(rewards).bool()
@@ -159,6 +160,15 @@ class PolicyGradientMethod(OnlineRLMethod):
         kept = keep.nonzero().squeeze(-1)
         chunks = [c for c in kept.tensor_split(n_micro)] if len(kept) else [kept] * n_micro
         return [self.model_batch({k: v[c.to(device)] for k, v in rows.items()}) if len(c) else {} for c in chunks]
+
+    def estimate_advantages(self, shaped: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+        """Step 3 over the whole step batch: under torchrun every rank's rewards are gathered in rank order (the
+        order one process holds them in), so batch statistics (scale_rewards: batch) and REINFORCE's baseline are the
+        global batch's; returns this rank's advantages. In one process the estimator sees ``shaped`` itself."""
+        everyone = distributed.gather_tensors(shaped)
+        start = sum(len(part) for part in everyone[: distributed.rank()])
+        advantages, baseline = ADVANTAGE_ESTIMATORS[self.config.method](torch.cat(everyone), self.config, self.baseline)
+        return advantages[start : start + len(shaped)], baseline
 
     def model_batch(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Padded rollout rows, plus (pack_groups) the layout the model runs on: each group's prompt once."""
@@ -216,12 +226,18 @@ class PolicyGradientMethod(OnlineRLMethod):
 
     # ------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
-        """REINFORCE's baseline. (A rollout reused over num_iterations steps is not saved: after a resume the next
-        step samples a fresh one, so resume is exact when checkpoints fall on rollout boundaries.)"""
-        return {"baseline": self.baseline}
+        """REINFORCE's baseline; with num_iterations > 1, the rollout the next steps of its cycle reuse (and its
+        logged figures), so a run resumed mid-cycle trains on the rollout the uninterrupted run does."""
+        state = {"baseline": self.baseline}
+        if self.config.num_iterations > 1:
+            state.update(rollout_batches=self.rollout_batches, rollout_metrics=self.rollout_metrics)
+        return state
 
     def load_state_dict(self, state: dict, step: int) -> None:
         self.baseline = state.get("baseline")
+        if step % self.config.num_iterations:  # mid-cycle: the cycle's rollout, else the next step samples anew
+            self.rollout_batches = state["rollout_batches"]
+            self.rollout_metrics = state["rollout_metrics"]
 
 
 def train_grpo(config: GRPOConfig, callbacks=None) -> dict:

@@ -22,7 +22,7 @@ import torch
 from posttrain.config import option
 from posttrain.data import load_examples
 from posttrain.data.preference import collate_unpaired
-from posttrain.engine import LossOutput, Method
+from posttrain.engine import LossOutput, Method, distributed
 from posttrain.math import masked_sum
 from posttrain.math.preference import kto_loss, kto_reference_point
 from posttrain.models.forward import token_logps
@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 class KTOConfig(PolicyTrainingConfig):
     method: Literal["kto"] = option("kto", help="Kahneman-Tversky optimization on unpaired completions labelled "
                                                 "desirable or undesirable")
-    beta: float = option(0.1, min=0, help="scale of the implicit reward log pi/pi_ref inside the value function")
+    beta: float = option(0.1, above=0, help="scale of the implicit reward log pi/pi_ref inside the value function "
+                                             "(0 would train nothing)")
     desirable_weight: float = option(1.0, min=0, help="lambda_D: the loss weight of desirable completions")
     undesirable_weight: float = option(1.0, min=0, help="lambda_U: the loss weight of undesirable completions")
     precompute_ref_logps: bool = option(False, help="score the data under pi_ref once, cache it on disk, never load "
@@ -73,7 +74,11 @@ class KTOMethod(Method):
                 mismatched = half(batch, second=True)
                 logps, mask = token_logps(model, mismatched)
                 log_ratios.append(masked_sum(logps.logps - reference_token_logps(self.reference, model, mismatched), mask, -1))
-            reference_point = kto_reference_point(torch.cat(log_ratios), torch.zeros(()))
+            log_ratios = torch.cat(log_ratios)
+            if model.training:  # under torchrun: every rank's share of the step, gathered in rank order; evaluation
+                # batches (split over ranks) keep their own, as a single process's do
+                log_ratios = torch.cat(distributed.gather_tensors(log_ratios))
+            reference_point = kto_reference_point(log_ratios, torch.zeros(()))
         for batch in micro_batches:
             batch["kl_reference_point"] = reference_point
 

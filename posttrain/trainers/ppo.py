@@ -171,6 +171,7 @@ class PPOMethod(OnlineRLMethod):
     ``loss``, step 7 in ``after_update``."""
 
     outputs = ("samples.jsonl", "ppo_metrics.jsonl")
+    data_parallel = False  # its advantage whitening and adaptive KL are over one process's rollout, not yet gathered
 
     def __init__(self, config: PPOConfig, tokenizer, setup: OnlineRLSetup, reference: ReferencePolicy | None):
         super().__init__(config, tokenizer, setup)
@@ -200,11 +201,12 @@ class PPOMethod(OnlineRLMethod):
     def prepare_step(self, model, micro_batches: list[dict[str, torch.Tensor]], step: int) -> None:
         if not self.schedule:
             self.rollout(model, torch.cat([b["example_index"] for b in micro_batches]), step)
-        rows = self.schedule.pop(0)
+        device = micro_batches[0]["example_index"].device  # a rollout restored from a checkpoint is on the CPU
+        rows = self.schedule.pop(0).to(device)
         for batch, chunk in zip(micro_batches, rows.tensor_split(len(micro_batches))):
             batch.clear()
             if len(chunk):
-                batch.update({k: v[chunk] for k, v in self.rollout_rows.items()})
+                batch.update({k: v.to(device)[chunk] for k, v in self.rollout_rows.items()})
         self.train_started = time.perf_counter()
 
     @torch.no_grad()
@@ -300,11 +302,18 @@ class PPOMethod(OnlineRLMethod):
 
     # ------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
-        """The adapted beta. A rollout cut by a checkpoint is not saved: a resumed run goes on with a fresh one."""
-        return {"beta": self.beta}
+        """The adapted beta; in the middle of a rollout's updates, the rollout, the updates still to run and the
+        figures gathered so far, so a resumed run finishes the rollout as the uninterrupted run does."""
+        if not self.schedule:
+            return {"beta": self.beta}
+        return {"beta": self.beta, "rollout_rows": self.rollout_rows, "schedule": self.schedule,
+                "rollout_stats": self.rollout_stats, "cycle": self.cycle}
 
     def load_state_dict(self, state: dict, step: int) -> None:
         self.beta = state.get("beta", self.beta)
+        if state.get("schedule"):
+            self.rollout_rows, self.schedule = state["rollout_rows"], state["schedule"]
+            self.rollout_stats, self.cycle = state["rollout_stats"], state["cycle"]
 
 
 # ------------------------------------------------------------------------------------------------------ set-up

@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from posttrain.data.batching import collate_sequences
+from posttrain.engine import distributed
 from posttrain.io import atomic_dir
 from posttrain.models.forward import token_logps
 from posttrain.models.lora import adapters_disabled, is_peft_model
@@ -116,16 +117,28 @@ def compute_reference_logps(model, examples: list[ScoredExample], pad_token_id: 
 def precompute_reference_logps(model, examples: list[ScoredExample], pad_token_id: int, batch_size: int,
                                settings: dict, cache_dir: Path | None = None) -> Path:
     """Fill in reference log-probs from the cache, or compute them with ``model`` (which must still be the reference)
-    and write the cache atomically. Returns the cache folder."""
+    and write the cache atomically. Returns the cache folder. Under torchrun each rank scores every world-size-th
+    example, every rank gets all the values, and rank 0 writes the cache."""
     key = reference_cache_key(model, examples, settings)
     folder = Path(cache_dir or cache_root() / "ref_logps") / key
-    if (folder / "logps.safetensors").is_file():
+    # the same decision on every rank (a node without the file computes with the others)
+    found = distributed.all_reduce_sum([float((folder / "logps.safetensors").is_file())])[0]
+    if found == distributed.world_size():
         load_cached(folder, examples)
         log.warning("reference log-probs: reused the cache %s", folder)
         return folder
     log.warning("reference log-probs: computing for %d examples (cached in %s)", len(examples), folder)
-    compute_reference_logps(model, examples, pad_token_id, batch_size)
-    save_cached(folder, examples, settings)
+    world = distributed.world_size()
+    share = examples[distributed.rank() :: world]
+    compute_reference_logps(model, share, pad_token_id, batch_size)
+    if world > 1:
+        parts = distributed.gather_objects([example.reference_values() for example in share])
+        for rank, part in enumerate(parts):
+            for example, values in zip(examples[rank::world], part):
+                example.set_reference(values)
+    if distributed.is_main():
+        save_cached(folder, examples, settings)
+    distributed.barrier()  # the cache is complete before any rank trains (a rank that dies here stops the others)
     return folder
 
 

@@ -1,5 +1,5 @@
-"""The online RL layer that GRPO / RLOO / REINFORCE and PPO share (and the online preference and on-policy
-distillation trainers to come):
+"""The online RL layer that GRPO / RLOO / REINFORCE, PPO and online DPO share (and the on-policy distillation
+trainer):
 
     prompts -> rollout (seeded by step) -> rewards -> token rows on the device -> [the method: advantages, loss]
 
@@ -17,7 +17,7 @@ import torch
 
 from posttrain.config import option
 from posttrain.data import collate_sequences, load_rows
-from posttrain.engine import Method
+from posttrain.engine import Method, distributed
 from posttrain.engine.run_log import append_jsonl
 from posttrain.errors import ConfigError
 from posttrain.rollout import Rollout, SamplingParams, chat_prompts, sample
@@ -198,6 +198,7 @@ class OnlineRLMethod(Method):
     def sample_and_score(self, model, example_index: torch.Tensor, step: int, group_size: int = 1) -> ScoredRollout:
         self.sampling.seed = rollout_seed(self.config.seed, step)
         indices = example_index.tolist()
+        self.sampling.prompt_offset = distributed.items_before_rank(len(indices))  # under torchrun: rank's share
         return sample_and_score(self.policy(model), self.tokenizer, [self.setup.prompt_ids[i] for i in indices],
                                 [self.setup.train_problems[i] for i in indices], self.sampling, self.setup.reward,
                                 group_size)
@@ -220,9 +221,11 @@ def greedy_evaluation(config: OnlineRLConfig, policy, tokenizer, prompt_ids, pro
     if task is not None:
         correct = [task.is_correct(p, text) for p, text in zip(problems, rollout.texts)]
         result["eval_accuracy"] = sum(correct) / len(correct)
-    append_jsonl(Path(config.output_dir) / "samples.jsonl",
-                 [{"step": step, "prompt": problem.prompt, "answer": problem.answer, "completion": text, "reward": value}
-                  for problem, text, value in list(zip(problems, rollout.texts, rewards))[: config.eval_samples]])
+    if distributed.is_main():
+        append_jsonl(Path(config.output_dir) / "samples.jsonl",
+                     [{"step": step, "prompt": problem.prompt, "answer": problem.answer, "completion": text,
+                       "reward": value}
+                      for problem, text, value in list(zip(problems, rollout.texts, rewards))[: config.eval_samples]])
     return result
 
 

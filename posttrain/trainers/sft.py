@@ -43,6 +43,8 @@ class SFTConfig(PolicyTrainingConfig):
 class SFTMethod(Method):
     """The method the engine runs: summed completion NLL, normalised by the step's completion-token count."""
 
+    fsdp = True  # tested under distributed.strategy: fsdp (tests/distributed)
+
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["loss_mask"][:, 1:].sum())
 

@@ -70,6 +70,21 @@ def test_rerun_into_finished_output_dir_refuses_clearly(tmp_path, write_jsonl, c
     assert "holds a finished run" in capsys.readouterr().err
 
 
+def test_a_run_stopped_between_final_and_evaluation_finishes_on_rerun(tmp_path, write_jsonl):
+    """final/ is written before evaluation.json: a crash between them must not leave the run stuck. It resumes from
+    its last checkpoint (here the last step), logs nothing twice, and writes the evaluation an uninterrupted run
+    writes."""
+    path = _write_config(tmp_path, write_jsonl, max_steps=4, eval_steps=2, save_steps=2)
+    assert main(["train", str(path)]) == 0
+    run = tmp_path / "run"
+    uninterrupted_log = (run / "log_history.jsonl").read_text()
+    uninterrupted = json.loads((run / "evaluation.json").read_text())
+    (run / "evaluation.json").unlink()
+    assert main(["train", str(path)]) == 0
+    assert (run / "log_history.jsonl").read_text() == uninterrupted_log
+    assert json.loads((run / "evaluation.json").read_text())["metrics"] == uninterrupted["metrics"]
+
+
 def test_config_errors_name_key_value_and_expectation(tmp_path, write_jsonl):
     path = _write_config(tmp_path, write_jsonl)
     with pytest.raises(Exception, match=r"unknown key 'learnin_rate'; did you mean 'learning_rate'"):

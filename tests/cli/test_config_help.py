@@ -49,7 +49,7 @@ def test_train_help_with_overrides_and_method(capsys):
     assert "sets 2\n" in capsys.readouterr().out
     assert main(["train", "--method", "dpo", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "Method-specific (DPOConfig)" in out and "  beta: float (>= 0), default 0.1\n" in out and " sets " not in out
+    assert "Method-specific (DPOConfig)" in out and "  beta: float (> 0), default 0.1\n" in out and " sets " not in out
 
 
 def test_train_help_without_config_lists_methods(capsys):
@@ -98,7 +98,7 @@ def test_option_keeps_ranges_and_required_keys():
     with pytest.raises(ConfigError, match=r"name"):
         build_config(Small, {})
     field = dataclasses.fields(Small)[1]
-    assert dict(field.metadata) == {"help": "step size", "min": 0, "max": None, "aliases": ("lr",)}
+    assert dict(field.metadata) == {"help": "step size", "min": 0, "max": None, "above": None, "aliases": ("lr",)}
 
 
 def test_describe_config_shows_set_values_required_keys_and_unknown_keys():

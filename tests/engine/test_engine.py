@@ -71,6 +71,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, settings):
 
 def test_refuses_finished_or_foreign_output_dir(tmp_path):
     (tmp_path / "done" / "final").mkdir(parents=True)
+    (tmp_path / "done" / "evaluation.json").write_text("{}")  # written last: the run finished
     with pytest.raises(ConfigError, match="holds a finished run"):
         make_engine(tmp_path, "done").train()
     (tmp_path / "other").mkdir()
@@ -143,6 +144,13 @@ def test_nonfinite_step_is_skipped_and_reported(tmp_path):
     log = read_log(tmp_path / "run")
     assert log[1].get("skipped_nonfinite_steps") == 1 and state["nonfinite_total"] == 1
     assert math.isfinite(log[2]["loss"])
+
+
+@pytest.mark.parametrize("fraction, warns", [(0.5, False), (0.2, True)])
+def test_a_share_of_skipped_steps_above_the_threshold_warns(tmp_path, caplog, fraction, warns):
+    engine = make_engine(tmp_path, method=NaNAt({2}), max_steps=3, warn_nonfinite_fraction=fraction)  # 1 of 3
+    engine.train()
+    assert ("1 of 3 steps were skipped" in caplog.text) == warns
 
 
 def test_too_many_nonfinite_steps_stop_the_run(tmp_path):

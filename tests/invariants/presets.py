@@ -89,17 +89,24 @@ def fingerprint(folder: Path) -> dict[str, list[float]]:
     return result
 
 
-def record(name: str, workdir: Path, reward_model: Path | None = None, extra: dict | None = None) -> dict:
+def record(name: str, workdir: Path, reward_model: Path | None = None, extra: dict | None = None,
+           overwrite: bool = True) -> dict:
+    """``overwrite=False``: re-running into the same workdir resumes (the SIGKILL campaign, sigkill.py)."""
     from posttrain.api import train
 
     torch.set_num_threads(1)
     if str(Path(__file__).parent) not in sys.path:
         sys.path.insert(0, str(Path(__file__).parent))
-    overrides = dict(_SMALL, **OVERRIDES[name], output_dir=str(workdir / name), overwrite_output_dir=True, **(extra or {}))
+    overrides = dict(_SMALL, **OVERRIDES[name], output_dir=str(workdir / name), overwrite_output_dir=overwrite,
+                     **(extra or {}))
     if name == "ppo":
         overrides["reward_model"] = str(reward_model)
-    evaluation = train(str(ROOT / "configs" / f"{CONFIG_FILE.get(name, name)}.yaml"), overrides=[f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     out = workdir / name
+    if not overwrite and (out / "evaluation.json").is_file():  # finished before a kill landed: read what it wrote
+        evaluation = json.loads((out / "evaluation.json").read_text())
+    else:
+        evaluation = train(str(ROOT / "configs" / f"{CONFIG_FILE.get(name, name)}.yaml"),
+                           overrides=[f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     result = {
         "log_history": _jsonl(out / "log_history.jsonl"),
         "ppo_metrics": _jsonl(out / "ppo_metrics.jsonl"),

@@ -2,7 +2,6 @@
 
 Each loss that exists in both tiers is checked twice: against an independent torch computation written here from the
 paper's formula, and against `posttrain.math` (looked up by name: a core function that goes missing fails the test).
-Distillation has only the torch check until the core has a distillation loss (issue 23 adds it and its core check).
 Where the core has the function, the micro one carries its name."""
 
 import importlib
@@ -280,6 +279,18 @@ def test_distillation_loss_matches_torch():
     expected = ALPHA * TEMPERATURE ** 2 * kl + (1 - ALPHA) * hard
     expected.sum().backward()
     assert losses == pytest.approx(expected.tolist(), abs=TOL)
+    for row, expected_row in zip(grads, student.grad.tolist()):
+        assert row == pytest.approx(expected_row, abs=TOL)
+
+
+def test_distillation_loss_matches_core():
+    fn = core_function("distillation_loss")
+    losses, grads = micro_distill()
+    student = t64(STUDENT, True)
+    out = first_tensor(fn(student_logits=student, teacher_logits=t64(TEACHER), labels=torch.tensor(LABELS),
+                          temperature=TEMPERATURE, alpha=ALPHA))
+    out.sum().backward()
+    assert losses == pytest.approx(out.tolist(), abs=TOL)
     for row, expected_row in zip(grads, student.grad.tolist()):
         assert row == pytest.approx(expected_row, abs=TOL)
 

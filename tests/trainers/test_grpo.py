@@ -235,7 +235,8 @@ def test_rollout_dtype_reaches_the_sampler(tmp_path, reward_module, monkeypatch,
 @pytest.mark.parametrize("overrides", [
     {"method": "grpo", "beta": 0.05},  # a reference policy and its KL in the loss
     {"method": "reinforce", "group_size": 2},  # the moving-average baseline is method state: saved and restored
-], ids=["grpo-kl", "reinforce-baseline"])
+    {"method": "grpo", "num_iterations": 2},  # the checkpoint of step 3 falls mid-cycle: its rollout is saved
+], ids=["grpo-kl", "reinforce-baseline", "grpo-mu2-mid-cycle"])
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, reward_module, overrides):
     settings = dict(max_steps=6, eval_steps=None, num_eval_prompts=2, logging_steps=1, save_steps=3,
                     save_total_limit=None, **overrides)

@@ -108,8 +108,10 @@ def test_each_role_updates_or_stays_frozen(tmp_path, reward_module, lora):
         assert not changed(*reversed(seen["reference"]))
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, reward_module):
-    settings = dict(max_steps=8, eval_steps=None, num_eval_prompts=2, logging_steps=1, save_steps=4,
+@pytest.mark.parametrize("save_steps", [4, 3], ids=["at-rollout-end", "mid-rollout"])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, reward_module, save_steps):
+    """A rollout trains over 4 steps here; a checkpoint inside it carries the rollout and the updates left."""
+    settings = dict(max_steps=8, eval_steps=None, num_eval_prompts=2, logging_steps=1, save_steps=save_steps,
                     target_kl=0.5, save_total_limit=None)
     train(ppo_config(tmp_path / "whole", **settings))
 

@@ -15,7 +15,8 @@ from posttrain.eval.metrics.answers import (
     task_accuracy,
     verbosity,
 )
-from posttrain.eval.metrics.judges import WinRateOptions, win_rate
+from posttrain.eval.metrics.lm_eval import LmEvalOptions, lm_eval
+from posttrain.eval.metrics.judges import JudgeAgreementOptions, WinRateOptions, judge_agreement, win_rate
 from posttrain.eval.metrics.likelihood import (
     KLOptions,
     PerplexityOptions,
@@ -32,8 +33,10 @@ METRICS = {
     "reward": (RewardOptions, reward),
     "kl": (KLOptions, kl),
     "win_rate": (WinRateOptions, win_rate),
+    "judge_agreement": (JudgeAgreementOptions, judge_agreement),
     "preference_accuracy": (PreferenceOptions, preference_accuracy),
     "probes": (ProbeOptions, probes),
+    "lm_eval": (LmEvalOptions, lm_eval),
 }
 
 __all__ = ["METRICS"]

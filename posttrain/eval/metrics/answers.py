@@ -19,6 +19,8 @@ from posttrain.eval.prompts import DEFAULT_PROBES, DEFAULT_PROMPTS, EvalPrompt, 
 from posttrain.eval.result import MetricResult, Value, score_each, try_each
 from posttrain.rollout.rewards import RewardSpec
 from posttrain.tasks import TASKS, count_words, get_task
+from posttrain.tasks.arithmetic import NumericTask
+from posttrain.tasks.voting import self_consistent_answer
 
 PROBE_VARIANTS = ("plain", "padded", "flattery", "longer", "keywords")
 
@@ -98,9 +100,14 @@ class TaskAccuracyOptions:
     pass_at: list[int] = option(default_factory=lambda: [1], help="the k of pass@k, each <= samples")
     temperature: float = option(1.0, min=0.01, help="sampling temperature of the pass@k samples")
     top_p: float = option(1.0, min=0, max=1, help="nucleus sampling of the pass@k samples; 1: off")
+    self_consistency: int = option(0, min=0, help="k chains sampled per problem (temperature, top_p) whose parsed "
+                                                  "answers vote (Wang et al. 2023): self_consistency@k accuracy; "
+                                                  "numeric tasks only; 0: off")
 
     def __post_init__(self) -> None:
-        get_task(self.task, **self.task_options)  # an unknown task or option fails now, not after generating
+        task = get_task(self.task, **self.task_options)  # an unknown task or option fails now, not after generating
+        if self.self_consistency and not isinstance(task, NumericTask):
+            raise ConfigError(f"self_consistency votes over numeric answers: task {self.task!r} has none")
         if self.samples and not all(isinstance(k, int) and 1 <= k <= self.samples for k in self.pass_at):
             raise ConfigError(f"pass_at={self.pass_at}: every k must be between 1 and samples={self.samples}")
 
@@ -131,7 +138,22 @@ def task_accuracy(context: EvalContext, options: TaskAccuracyOptions) -> MetricR
         for record, texts, c in zip(result.samples, groups, checks):
             record.update(sampled_outputs=texts, sampled_correct=None if c is None else sum(c))
         result.details.update(samples=options.samples, temperature=options.temperature)
+    if options.self_consistency:
+        self_consistency(context, options, task, problems, result)
     return result
+
+
+def self_consistency(context: EvalContext, options: TaskAccuracyOptions, task, problems, result: MetricResult) -> None:
+    """``self_consistency@k``: the share of problems whose majority answer over k sampled chains is correct."""
+    k = options.self_consistency
+    rollout = context.generate(context.policy, [p.prompt for p in problems], options.max_new_tokens,
+                               options.temperature, k, options.top_p)
+    votes = [self_consistent_answer(rollout.texts[i * k : (i + 1) * k]) for i in range(len(problems))]
+    correct = [answer is not None and task.is_correct(p, f"The answer is {answer}.") for p, (answer, _) in
+               zip(problems, votes)]
+    result.values[f"self_consistency@{k}"] = mean_value([float(c) for c in correct], higher_is_better=True)
+    for record, (answer, count), c in zip(result.samples, votes, correct):
+        record.update(voted_answer=answer, votes=count, voted_correct=c)
 
 
 # -------------------------------------------------------------------------------------------------------- reward

@@ -1,0 +1,150 @@
+"""A constitution (Bai et al. 2022, "Constitutional AI", https://arxiv.org/abs/2212.08073): written principles, each
+with the requests that make a model critique and revise its own response, an optional pairwise-judge question (the
+RL stage's AI feedback), and an optional checker, so compliance can be measured rather than assumed.
+
+    # constitution.yaml (or .json)
+    name: concise
+    principles:
+      - name: brevity
+        critique: "Point out anything in the response that is longer than the request needs."
+        revision: "Rewrite the response to answer the request in as few words as possible."
+        judge: "Which response answers the request more concisely?"        # optional
+        checker: {word_limit: 30}                                           # optional, see CHECKERS
+      - name: no_refusal
+        critique: "Does the response refuse a harmless request?"
+        revision: "Rewrite the response so that it helps with the request."
+        checker: {not_refusal: true}
+
+Checkers (each ``check(prompt, response) -> bool``, True: complies): ``word_limit: N`` (at most N words),
+``required_pattern: REGEX`` (the response matches), ``forbidden_pattern: REGEX`` (it does not), ``refusal: true``
+(the response refuses, for harmful requests), ``not_refusal: true`` (it does not), ``function: "module:function"``
+(a callable ``(prompt, response) -> bool``). Every parsing error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from posttrain.config import read_config_file
+from posttrain.errors import ConfigError
+from posttrain.rollout.rewards import load_function
+
+# a reply that declines: the phrases instruction-tuned models refuse with
+REFUSAL_PATTERN = re.compile(
+    r"\b(I\s+(?:can(?:'|no)t|cannot|won't|will\s+not|am\s+not\s+able\s+to|'m\s+not\s+able\s+to|am\s+unable\s+to|"
+    r"'m\s+unable\s+to|must\s+decline)|I'm\s+sorry,?\s+but|I\s+am\s+sorry,?\s+but|as\s+an\s+AI)\b", re.IGNORECASE)
+PAIRWISE_QUESTION_TEMPLATE = (
+    "Consider this request and two responses to it.\n\n[Request]\n{{prompt}}\n\n[Response A]\n{{first}}\n\n"
+    "[Response B]\n{{second}}\n\n{question} Reply with one letter, A or B.")
+
+
+def is_refusal(text: str) -> bool:
+    return REFUSAL_PATTERN.search(text) is not None
+
+
+def _word_limit(limit: int) -> Callable[[str, str], bool]:
+    return lambda prompt, response: len(response.split()) <= limit
+
+
+def _pattern(pattern: str, present: bool) -> Callable[[str, str], bool]:
+    compiled = re.compile(pattern)
+    return lambda prompt, response: (compiled.search(response) is not None) == present
+
+
+# checker key -> (what its value must be, how to build the check from it)
+CHECKERS: dict[str, tuple[str, Callable[[Any], Callable[[str, str], bool]]]] = {
+    "word_limit": ("a whole number of words >= 1", _word_limit),
+    "required_pattern": ("a regular expression", lambda p: _pattern(p, True)),
+    "forbidden_pattern": ("a regular expression", lambda p: _pattern(p, False)),
+    "refusal": ("true", lambda _: lambda prompt, response: is_refusal(response)),
+    "not_refusal": ("true", lambda _: lambda prompt, response: not is_refusal(response)),
+    "function": ("'module:function', a callable (prompt, response) -> bool", load_function),
+}
+
+
+@dataclass(frozen=True)
+class Principle:
+    name: str
+    critique: str  # the request that makes the model critique its response
+    revision: str  # the request that makes it revise the response in the light of the critique
+    judge: str | None = None  # a question for a pairwise judge: "Which response ...?"
+    checker: Callable[[str, str], bool] | None = field(default=None, compare=False)
+
+    def complies(self, prompt: str, response: str) -> bool | None:
+        """The checker's verdict; None when the principle has no checker."""
+        return None if self.checker is None else bool(self.checker(prompt, response))
+
+    def judge_template(self) -> str | None:
+        """The pairwise judge template (``posttrain.rollout.judges.PairwiseJudge``) asking this principle's question."""
+        return None if self.judge is None else PAIRWISE_QUESTION_TEMPLATE.format(question=self.judge)
+
+
+@dataclass(frozen=True)
+class Constitution:
+    name: str
+    principles: tuple[Principle, ...]
+
+
+def load_constitution(path: str | Path) -> Constitution:
+    """A constitution file, checked; a ConfigError names the file and the key at fault."""
+    source = str(path)
+    if not Path(path).is_file():
+        raise ConfigError(f"constitution {source!r}: no such file")
+    data = read_config_file(path)
+    return parse_constitution(data, source)
+
+
+def parse_constitution(data: Any, source: str = "constitution") -> Constitution:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a constitution is a mapping with `principles` (and an optional `name`)")
+    unknown = sorted(set(data) - {"name", "principles"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {', '.join(map(repr, unknown))}; expected name, principles")
+    principles = data.get("principles")
+    if not isinstance(principles, list) or not principles:
+        raise ConfigError(f"{source}: principles: expected a non-empty list of principles")
+    parsed = tuple(_principle(entry, f"{source}: principles[{i}]") for i, entry in enumerate(principles))
+    names = [p.name for p in parsed]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{source}: principles: the name {repeated[0]!r} is used twice")
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{source}: name: expected a non-empty string, got {name!r}")
+    return Constitution(name, parsed)
+
+
+def _principle(entry: Any, where: str) -> Principle:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping with name, critique, revision (judge, checker optional)")
+    unknown = sorted(set(entry) - {"name", "critique", "revision", "judge", "checker"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {', '.join(map(repr, unknown))}; expected name, critique, revision, "
+                          "judge, checker")
+    for key in ("name", "critique", "revision"):
+        if not isinstance(entry.get(key), str) or not entry[key].strip():
+            raise ConfigError(f"{where}.{key}: missing or empty; expected a non-empty string")
+    if "judge" in entry and (not isinstance(entry["judge"], str) or not entry["judge"].strip()):
+        raise ConfigError(f"{where}.judge: expected a question for a pairwise judge, got {entry['judge']!r}")
+    checker = _checker(entry["checker"], f"{where}.checker") if "checker" in entry else None
+    return Principle(entry["name"], entry["critique"], entry["revision"], entry.get("judge"), checker)
+
+
+def _checker(spec: Any, where: str) -> Callable[[str, str], bool]:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"{where}: expected one of {{{', '.join(f'{k}: ...' for k in CHECKERS)}}}, got {spec!r}")
+    (kind, value), = spec.items()
+    if kind not in CHECKERS:
+        raise ConfigError(f"{where}: unknown checker {kind!r}; expected one of {', '.join(CHECKERS)}")
+    expected, build = CHECKERS[kind]
+    valid = {"word_limit": isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             "refusal": value is True, "not_refusal": value is True}.get(kind, isinstance(value, str) and bool(value))
+    if not valid:
+        raise ConfigError(f"{where}.{kind}: expected {expected}, got {value!r}")
+    try:
+        return build(value)
+    except re.error as exc:
+        raise ConfigError(f"{where}.{kind}: not a valid regular expression ({exc})") from None

@@ -1,0 +1,202 @@
+"""Data-parallel training (posttrain.engine.distributed): 2 processes x micro-batch b take the same steps as 1 process
+x 2b (per-step loss and final weights within 1e-5, fp32), and a rank that fails stops every rank with its message.
+
+Two gloo processes on CPU, as ``torchrun --nproc_per_node 2`` starts them (tests/distributed/runs.py)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from posttrain.engine import distributed
+from posttrain.models import build_tiny_model
+from runs import (FAILURE, FSDP_SCENARIOS, MICRO, WORLD, all_scenarios, evaluations, results, run_ranks, scenarios,
+                  train, uneven, write_data)
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory):
+    """Every scenario once in 2 processes (one launch for all of them, ending with a run that fails on rank 1), and
+    once in 1 process with twice the micro-batch; the folder of the runs and each rank's outcome."""
+    root = tmp_path_factory.mktemp("distributed")
+    write_data(root / "data")
+    # a 1-process checkpoint that the launch resumes under FSDP
+    train("sft", root / "data", root / f"sft_1x{WORLD * MICRO}_to_step_2", WORLD * MICRO, max_steps=2, save_steps=2)
+    train("sft", root / "data", root / f"sft_uneven_1x{WORLD * MICRO}", WORLD * MICRO, **uneven(root / "data"))
+    outcomes = run_ranks(all_scenarios, root / "data", root, timeout=500)  # a hang would end here, and fail
+    for name in scenarios(root / "data"):
+        train(name, root / "data", root / f"{name}_1x{WORLD * MICRO}", WORLD * MICRO)
+    return root, outcomes
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(launch):
+    root, outcomes = launch
+    # every run before the last one completed: both ranks ended in the last one, with its error
+    assert all(FAILURE in o.get("error", "") for o in outcomes), [o.get("traceback") for o in outcomes]
+    return root
+
+
+@pytest.mark.parametrize("name", ["sft", "sft_lora", "dpo", "kto", "grpo", "reinforce"])
+def test_two_processes_take_the_steps_of_one_with_twice_the_batch(two_process_runs, name):
+    one_records, one_weights = results(two_process_runs / f"{name}_1x{WORLD * MICRO}")
+    two_records, two_weights = results(two_process_runs / f"{name}_2x{MICRO}")
+    assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == [1, 2, 3]
+    for one, two in zip(one_records, two_records):
+        assert math.isclose(two["loss"], one["loss"], rel_tol=1e-5, abs_tol=1e-6), (one["step"], one, two)
+        assert two["num_tokens"] == one["num_tokens"]  # global tokens, not rank 0's
+        if name in ("grpo", "reinforce"):  # the logged reward is the whole batch's mean, not rank 0's
+            assert math.isclose(two["reward"], one["reward"], abs_tol=1e-6)
+    for key, weight in one_weights.items():
+        torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
+    if name == "sft_lora":  # LoRA's B starts at zero: it moved if it is not zero any more
+        moved = [weight for key, weight in one_weights.items() if "lora_B" in key]
+    else:
+        initial = build_tiny_model().state_dict()  # what both runs started from ("model: tiny")
+        moved = [weight - initial[key] for key, weight in one_weights.items()]
+    assert max(float(weight.abs().max()) for weight in moved) > 1e-4  # the runs did train
+
+
+def test_reference_log_probs_split_over_ranks_fill_the_same_cache(two_process_runs):
+    from safetensors.torch import load_file
+
+    one, two = (next((two_process_runs / f"kto_{n}_ref_cache").rglob("logps.safetensors"))
+                for n in (f"1x{WORLD * MICRO}", f"2x{MICRO}"))
+    assert one.parent.name == two.parent.name  # the same key: same model, data and settings
+    one, two = load_file(one), load_file(two)
+    assert torch.equal(two["offsets"], one["offsets"])
+    torch.testing.assert_close(two["values"], one["values"], rtol=0, atol=1e-5)
+
+
+def test_evaluation_is_split_over_ranks_and_summed(two_process_runs):
+    one, two = (evaluations(two_process_runs / f"sft_{n}") for n in (f"1x{WORLD * MICRO}", f"2x{MICRO}"))
+    assert len(one) == len(two) == 1 and two[0]["eval_items"] == one[0]["eval_items"]  # 7 examples: 4 + 3
+    assert math.isclose(two[0]["eval_loss"], one[0]["eval_loss"], rel_tol=1e-5)
+    assert math.isclose(two[0]["eval_token_accuracy"], one[0]["eval_token_accuracy"], rel_tol=1e-5)
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(two_process_runs, tmp_path):
+    checkpoint = two_process_runs / f"sft_2x{MICRO}_to_step_2" / "checkpoints" / "step_2"
+    train("sft", two_process_runs / "data", tmp_path / "resumed", WORLD * MICRO, resume_from=str(checkpoint))
+    resumed_records, resumed_weights = results(tmp_path / "resumed")
+    records, weights = results(two_process_runs / f"sft_1x{WORLD * MICRO}")
+    assert [r["step"] for r in resumed_records] == [3]  # the same data position: step 3 of the uninterrupted run
+    assert math.isclose(resumed_records[0]["loss"], records[2]["loss"], rel_tol=1e-5)
+    for key, weight in weights.items():
+        torch.testing.assert_close(resumed_weights[key], weight, rtol=1e-5, atol=1e-5, msg=key)
+
+
+# ------------------------------------------------------------------------------------------ FSDP (strategy: fsdp)
+@pytest.mark.parametrize("name", FSDP_SCENARIOS)
+def test_fsdp_takes_the_steps_of_one_process_with_twice_the_batch(two_process_runs, name):
+    one_records, one_weights = results(two_process_runs / f"{name}_1x{WORLD * MICRO}")
+    two_records, two_weights = results(two_process_runs / f"{name}_fsdp_2x{MICRO}")  # final/: consolidated
+    assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == [1, 2, 3]
+    for one, two in zip(one_records, two_records):
+        assert math.isclose(two["loss"], one["loss"], rel_tol=1e-5, abs_tol=1e-6), (one["step"], one, two)
+        assert two["num_tokens"] == one["num_tokens"]
+        # the norms differ in the 6th digit: one process sums 3.2M squares in fp32, FSDP per shard (closer to fp64)
+        assert math.isclose(two["grad_norm"], one["grad_norm"], rel_tol=1e-4)
+    assert sorted(two_weights) == sorted(one_weights)
+    for key, weight in one_weights.items():
+        torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
+    initial = build_tiny_model().state_dict()
+    assert max(float((weight - initial[key]).abs().max()) for key, weight in one_weights.items()) > 1e-4
+
+
+def test_fsdp_final_folder_is_a_plain_model_transformers_loads(two_process_runs):
+    from transformers import AutoModelForCausalLM
+
+    final = two_process_runs / f"sft_fsdp_2x{MICRO}" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    _, weights = results(two_process_runs / f"sft_fsdp_2x{MICRO}")
+    for key, value in model.state_dict().items():  # full tensors, not one rank's shards
+        torch.testing.assert_close(value, weights.get(key, weights["model.embed_tokens.weight"]), rtol=0, atol=0)
+
+
+def test_fsdp_ranks_with_fewer_passes_run_extra_ones(two_process_runs):
+    # each pass gathers weights: without the extra passes the ranks' collectives mismatch and the launch fails
+    one_records, one_weights = results(two_process_runs / f"sft_uneven_1x{WORLD * MICRO}")
+    two_records, two_weights = results(two_process_runs / f"sft_fsdp_uneven_2x{MICRO}")
+    assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == [1, 2]
+    for one, two in zip(one_records, two_records):
+        assert math.isclose(two["loss"], one["loss"], rel_tol=1e-5)
+    for key, weight in one_weights.items():
+        torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=1e-5, msg=key)
+    one_eval, two_eval = (evaluations(two_process_runs / n) for n in (f"sft_uneven_1x{WORLD * MICRO}",
+                                                                      f"sft_fsdp_uneven_2x{MICRO}"))
+    assert two_eval[-1]["eval_items"] == one_eval[-1]["eval_items"]  # the extra passes are not counted
+    assert math.isclose(two_eval[-1]["eval_loss"], one_eval[-1]["eval_loss"], rel_tol=1e-5)
+
+
+def test_a_sharded_checkpoint_resumes_in_one_process(two_process_runs, tmp_path):
+    run = two_process_runs / f"sft_fsdp_2x{MICRO}_to_step_2"
+    checkpoint = run / "checkpoints" / "step_2"
+    assert (checkpoint / "sharded" / ".metadata").is_file() and not (checkpoint / "model.safetensors").exists()
+    assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no staging left
+    train("sft", two_process_runs / "data", tmp_path / "resumed", WORLD * MICRO, resume_from=str(checkpoint))
+    _assert_continues_the_one_process_run(two_process_runs, tmp_path / "resumed")
+
+
+def test_a_one_process_checkpoint_resumes_under_fsdp(two_process_runs):
+    _assert_continues_the_one_process_run(two_process_runs, two_process_runs / f"sft_fsdp_2x{MICRO}_from_1x{WORLD * MICRO}")
+
+
+def _assert_continues_the_one_process_run(root, resumed):
+    resumed_records, resumed_weights = results(resumed)
+    records, weights = results(root / f"sft_1x{WORLD * MICRO}")
+    assert [r["step"] for r in resumed_records] == [3]  # the same data position: step 3 of the uninterrupted run
+    assert math.isclose(resumed_records[0]["loss"], records[2]["loss"], rel_tol=1e-5)
+    for key, weight in weights.items():
+        torch.testing.assert_close(resumed_weights[key], weight, rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_rank_shares_are_disjoint_and_cover_the_step_batch(monkeypatch):
+    lengths = [5, 3, 9, 1, 7, 2, 8]
+    indices = [6, 0, 3, 5, 1]
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(distributed, "world_size", lambda: 3)
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        shares.append(distributed.rank_share(indices, lengths))
+    # laid end to end, the shares are the step batch in the length order one process splits it in
+    assert sum(shares, []) == sorted(indices, key=lambda i: lengths[i])
+    assert [len(s) for s in shares] == [2, 2, 1]
+
+
+def test_a_failing_rank_stops_every_rank_with_its_message(launch):
+    root, outcomes = launch  # the launch's last run: a reward function that raises on rank 1 only
+    stopped = [float((root / f"stopped_rank_{rank}").read_text()) for rank in range(WORLD)]
+    assert abs(stopped[0] - stopped[1]) < 30  # rank 0 noticed at once, not after distributed.timeout_s (600 s)
+    assert outcomes[1]["error"] == f"ValueError: {FAILURE}"
+    # rank 0 did not hang in the collective it was waiting in: it stopped with rank 1's message, naming rank 1
+    assert outcomes[0]["error"].startswith(f"CollectiveError: rank 1 failed: ValueError: {FAILURE} (rank 0 stopped in ")
+
+
+def test_nproc_runs_torchrun_with_the_same_arguments(tmp_path):
+    write_data(tmp_path / "data")
+    config = tmp_path / "config.json"
+    import json
+
+    config.write_text(json.dumps(dict(scenarios(tmp_path / "data")["sft"], output_dir=str(tmp_path / "run"),
+                                      batch_size=MICRO)))
+    done = subprocess.run([sys.executable, "-m", "posttrain", "train", str(config), "max_steps=2", "--nproc", "2"],
+                          capture_output=True, text=True, timeout=240, cwd=HERE,
+                          env={**_clean_env(), "PYTHONPATH": str(HERE)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes x batch_size 2 x grad_accum_steps 2 = 8 examples per optimizer step" in done.stderr
+    records, _ = results(tmp_path / "run")
+    assert [r["step"] for r in records] == [1, 2]  # max_steps=2 reached both ranks; one log, written once
+
+
+def _clean_env() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}

@@ -1,0 +1,73 @@
+"""Weight quantization with torchao (posttrain.models.quantize, `posttrain quantize`); runs when torchao is installed
+(pip install 'posttrain[quantize]')."""
+
+import pytest
+import torch
+
+pytest.importorskip("torchao", reason="torchao is not installed: pip install 'posttrain[quantize]'")
+
+from posttrain.errors import ConfigError  # noqa: E402
+from posttrain.models import build_tiny_model, load_model  # noqa: E402
+from posttrain.models.quantize import quantize_model  # noqa: E402
+
+VOCAB = 256
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("quantize") / "model"
+    model = build_tiny_model(0, vocab_size=VOCAB).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, model
+
+
+def _groups(weight, group_size):
+    """``(rows, groups, group_size)`` view of a ``(rows, inputs)`` weight."""
+    return weight.reshape(weight.shape[0], -1, group_size or weight.shape[1])
+
+
+# format, group size, levels of the grid (error bound max|w| / levels per group), logit tolerance (relative)
+CASES = [("int8", None, 254, 2e-2), ("int8", 32, 254, 2e-2), ("int8-dynamic", None, 254, 3e-2), ("int4", 32, 15, 0.25)]
+
+
+@pytest.mark.parametrize("fmt, group_size, levels, tolerance", CASES)
+def test_quantize_dequantize_error_bound_and_reload(source, tmp_path, fmt, group_size, levels, tolerance):
+    folder, model = source
+    out = quantize_model(folder, tmp_path / fmt, fmt, group_size)
+    quantized, tokenizer = load_model(str(out), device="cpu")  # loads back in posttrain like any folder
+    dense = dict(model.named_parameters())
+    for name, module in quantized.named_modules():
+        if not name.endswith(LINEARS):
+            continue
+        weight = dense[f"{name}.weight"].detach()
+        error = _groups((module.weight.dequantize().float() - weight).abs(), group_size)
+        # a symmetric grid of `levels` steps over [-max|w|, max|w|]: rounding costs at most half a step
+        bound = _groups(weight.abs(), group_size).amax(-1, keepdim=True) / levels
+        assert (error <= bound * 1.001 + 1e-8).all(), name
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = model(ids).logits, quantized(ids).logits
+    assert ((actual - expected).abs().max() / expected.abs().max()).item() < tolerance
+    assert "torchao" in (out / "README.md").read_text() and (out / "tokenizer.json").is_file()
+
+
+def test_int8_weights_take_a_quarter_of_the_bytes(source, tmp_path):
+    from posttrain.models.tensor_files import TensorReader
+
+    folder, model = source
+    out = quantize_model(folder, tmp_path / "int8", "int8")
+    with TensorReader(out) as reader:
+        stored = {name: reader.get(name) for name in reader.names()}
+    linear_bytes = sum(t.numel() * t.element_size() for n, t in stored.items() if "_proj" in n)
+    dense_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if n.endswith(tuple(f"{m}.weight"
+                                                                                             for m in LINEARS)))
+    assert linear_bytes < 0.3 * dense_bytes  # int8 values + one float scale per row
+
+
+def test_bad_format_and_group_size(source, tmp_path):
+    with pytest.raises(ConfigError, match="--format"):
+        quantize_model(source[0], tmp_path / "x", "int3")
+    with pytest.raises(ConfigError, match="--group-size"):
+        quantize_model(source[0], tmp_path / "x", "int8-dynamic", 32)
