@@ -492,7 +492,6 @@ def _quantize(args) -> int:
     return 0
 
 
-# command -> (add its parser, run it), in the order `posttrain --help` lists them
 # ----------------------------------------------------------------------------------------------------- push
 def _push_parser(commands) -> argparse.ArgumentParser:
     push = commands.add_parser("push", help="upload a trained folder (e.g. RUN/final) to the Hugging Face Hub",
@@ -512,6 +511,7 @@ def _push(args) -> int:
     return 0
 
 
+# command -> (add its parser, run it), in the order `posttrain --help` lists them
 COMMANDS = {
     "train": (_train_parser, _train),
     "generate": (_generate_parser, _generate),

@@ -29,7 +29,6 @@ import torch
 from posttrain.engine import distributed
 from posttrain.errors import ConfigError
 from posttrain.models.forward import SHARDED_FORWARD, causal_lm, unsharded_token_logps
-from posttrain.models.lora import is_peft_model
 
 SHARDED_DIR = "sharded"  # a checkpoint's DCP folder (its presence marks a sharded checkpoint)
 _GROUPS_FILE = "optimizer_groups.json"  # AdamW's parameter groups (learning rates), which DCP does not hold
@@ -41,12 +40,12 @@ def check(model, method, save_best: bool) -> None:
     if not getattr(method, "fsdp", False):
         raise ConfigError(f"distributed.strategy=fsdp: {name} is not tested under FSDP yet (SFT and DPO are); use "
                           "distributed.strategy=ddp")
-    if is_peft_model(model):
-        raise ConfigError("distributed.strategy=fsdp with LoRA: the adapters are a few MB, so there is nothing worth "
-                          "sharding; use distributed.strategy=ddp")
     if save_best:
         raise ConfigError("distributed.strategy=fsdp does not write best/ yet: set save_best=false (final/ and the "
                           "checkpoints are written)")
+    if getattr(causal_lm(model), "is_loaded_in_4bit", False) or getattr(causal_lm(model), "is_loaded_in_8bit", False):
+        raise ConfigError("distributed.strategy=fsdp does not shard quantized weights: set quantization to none, or "
+                          "use distributed.strategy=ddp")
     if not hasattr(causal_lm(model).get_decoder(), "layers"):
         raise ConfigError(f"distributed.strategy=fsdp: {type(causal_lm(model)).__name__} has no decoder.layers to shard")
 
@@ -192,6 +191,9 @@ def read_full_checkpoint(directory: Path, model, optimizer) -> None:
                                  src_data_rank=None)  # every rank holds the full tensor: no communication
 
     lm = causal_lm(model)
+    if not (directory / "model.safetensors").is_file():  # a LoRA adapter: peft's names, not the sharded model's
+        raise ConfigError(f"resume_from={directory}: a single-process LoRA checkpoint does not resume under "
+                          "distributed.strategy=fsdp yet; resume it with distributed.strategy=ddp")
     weights = load_file(directory / "model.safetensors")
     tied = {"lm_head.weight"} if lm.config.tie_word_embeddings else set()  # saved once, as the embedding
     missing = [name for name in lm.state_dict() if name not in weights and name not in tied]

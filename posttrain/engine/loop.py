@@ -23,6 +23,13 @@ import torch
 from posttrain.data.batching import count_real_tokens, split_micro_batches, step_batches
 from posttrain.data.tokenize import Example
 from posttrain.engine import distributed, fsdp
+from posttrain.engine.checks import (
+    NonFiniteLossError,
+    check_optimizer_in_backward,
+    check_skipped_steps,
+    check_world,
+    track_best,
+)
 from posttrain.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from posttrain.engine.config import EngineConfig
 from posttrain.engine.method import Method
@@ -38,14 +45,10 @@ from posttrain.engine.run_log import (
 )
 from posttrain.engine.step_in_backward import StepInBackward
 from posttrain.engine.trackers import open_trackers
-from posttrain.errors import ConfigError, PosttrainError
+from posttrain.errors import ConfigError
 from posttrain.io import TEMPORARY_PREFIXES, atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(PosttrainError):
-    pass
 
 
 class Engine:
@@ -85,8 +88,8 @@ class Engine:
         self.steps_per_epoch = math.ceil(len(train_examples) / self.step_size)
         self.total_steps = config.max_steps or max(1, math.ceil(config.num_epochs * self.steps_per_epoch))
         self.autocast_dtype, self.scaler = autocast_precision(config.precision, self.device)
-        self._check_optimizer_in_backward()
-        self._check_world()
+        check_optimizer_in_backward(config, self.scaler)
+        check_world(config, method, model, len(train_examples), self.step_size, self.sharded)
         self.step_in_backward: StepInBackward | None = None  # set up in train()
         self.state = self._fresh_state()
 
@@ -155,14 +158,7 @@ class Engine:
         if self.sharded:  # final/, the evaluation and generation after training take the plain full model
             fsdp.unshard_model(self.model)
         self.run_log.close()
-        if state["step"] and state["nonfinite_total"] >= state["step"]:
-            raise NonFiniteLossError(
-                f"every one of the {state['step']} steps had a non-finite loss or gradient: nothing was trained. "
-                "Check the data (NaN or infinite values) and lower learning_rate")
-        if state["step"] and state["nonfinite_total"] > config.warn_nonfinite_fraction * state["step"]:
-            log.warning("%d of %d steps were skipped for a non-finite loss or gradient (more than "
-                        "warn_nonfinite_fraction=%s): check the data and the learning rate",
-                        state["nonfinite_total"], state["step"], config.warn_nonfinite_fraction)
+        check_skipped_steps(state, config.warn_nonfinite_fraction)
         return state
 
     def _train_loop(self, state: dict, progress, window_start: float) -> None:
@@ -327,25 +323,9 @@ class Engine:
         result = self.evaluate()
         self.run_log.write({"step": state["step"], **result})
         self.run_log.write_tables(self.method.outputs, state["step"])
-        key, greater = self.config.best_metric()
-        if key not in result:  # a method's own evaluation may have no loss: no early stopping on it
-            if key != "eval_loss":
-                raise ConfigError(f"metric_for_best_model: the evaluation has no {key!r}; it has "
-                                  f"{', '.join(k for k in result if k.startswith('eval_'))}")
-            return
-        if "best_metric" not in state:  # a checkpoint written before metric_for_best_model existed
-            state["best_metric"] = state.pop("best_eval_loss", None)
-        best, value = state["best_metric"], result[key]
-        limit = best if best is not None else (-math.inf if greater else math.inf)
-        if (value > limit) if greater else (value < limit):  # NaN never improves
-            state["best_metric"], state["best_step"], state["evals_without_improvement"] = value, state["step"], 0
+        if track_best(state, result, *self.config.best_metric(), self.config.patience):
             if self.config.save_best and distributed.is_main():
                 self.save_model(self.output_dir / "best")
-        else:
-            state["evals_without_improvement"] += 1
-            if self.config.patience and state["evals_without_improvement"] >= self.config.patience:
-                state["stopped"] = f"early stop: {key} did not improve for {self.config.patience} evaluations"
-                log.warning("step %d: %s", state["step"], state["stopped"])
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path | None:
@@ -399,47 +379,6 @@ class Engine:
         if self.config.optimizer_in_backward:
             return False
         return self.config.grad_accum_steps > 1 if keep is None else keep
-
-    def _check_optimizer_in_backward(self) -> None:
-        config = self.config
-        if not config.optimizer_in_backward:
-            return
-        if config.max_grad_norm:
-            raise ConfigError(
-                f"optimizer_in_backward=true updates each parameter before the next gradient exists, so there is no "
-                f"global gradient norm to clip by: set max_grad_norm=0 (got {config.max_grad_norm})")
-        if config.grad_accum_steps != 1:
-            raise ConfigError(
-                f"optimizer_in_backward=true updates the weights in every backward pass: set grad_accum_steps=1 (got "
-                f"{config.grad_accum_steps}) and put the whole step in batch_size")
-        if config.keep_grad_buffers:
-            raise ConfigError("optimizer_in_backward=true frees each gradient after its update: keep_grad_buffers "
-                              "must be false or unset")
-        if self.scaler is not None:
-            raise ConfigError("optimizer_in_backward=true does not support precision=fp16 (the loss scaler "
-                              "unscales every gradient before one step); use bf16 or fp32")
-
-    def _check_world(self) -> None:
-        """What several processes need: every rank gets at least one example of every step batch (a rank without
-        one would leave the others waiting in a method's collectives), and no update inside backward (it would come
-        before the gradients are summed over ranks)."""
-        world = distributed.world_size()
-        if world == 1:
-            return
-        if self.config.optimizer_in_backward:
-            raise ConfigError(f"optimizer_in_backward=true updates each parameter before its gradient is summed over "
-                              f"the {world} processes: set it to false")
-        if not self.method.data_parallel:
-            raise ConfigError(f"{type(self.method).__name__} does not run in several processes yet (its statistics "
-                              "over a step batch are one process's): launch it without torchrun")
-        if self.sharded:
-            fsdp.check(self.model, self.method, self.config.save_best)
-        last = len(self.train_examples) % self.step_size
-        if 0 < last < world:
-            raise ConfigError(
-                f"the last step batch of each epoch holds {last} of the {len(self.train_examples)} examples, fewer "
-                f"than the {world} processes: use a training set size that leaves 0 or at least {world} examples over "
-                f"a multiple of {self.step_size} (batch_size x grad_accum_steps x processes)")
 
     def _autocast(self):
         if self.autocast_dtype is None:

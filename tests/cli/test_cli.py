@@ -142,6 +142,7 @@ def test_shipped_presets_validate():
     for preset in presets:
         _, config = build_method_config(str(preset))
         assert config.output_dir, preset
+        assert not config.overwrite_output_dir, f"{preset}: a re-run after a crash must resume, not start over"
     for preset in ("configs/sft.yaml", "configs/sft_lora.yaml"):
         _, config = build_method_config(preset)
         assert config.model == "smollm2-135m-instruct"

@@ -21,7 +21,7 @@ MICRO = 2  # examples (prompts for GRPO) per rank and micro-batch
 WORLD = 2
 FAILURE = "bad reward data on rank 1: the answer column is missing"
 FSDP = {"strategy": "fsdp"}
-FSDP_SCENARIOS = ("sft", "dpo")
+FSDP_SCENARIOS = ("sft", "sft_lora", "dpo")
 
 
 def uneven(data_dir: Path) -> dict:

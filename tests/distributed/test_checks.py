@@ -47,7 +47,6 @@ def test_optimizer_in_backward_is_refused(tiny_model, two_processes):
 
 def test_fsdp_refuses_what_it_does_not_run_yet(tiny_model, two_processes):
     from posttrain.engine.config import DistributedConfig
-    from posttrain.models import LoraSettings, apply_lora, build_tiny_model
     from posttrain.trainers.grpo import PolicyGradientMethod as GRPOMethod
 
     fsdp = {"distributed": DistributedConfig(strategy="fsdp")}
@@ -57,8 +56,6 @@ def test_fsdp_refuses_what_it_does_not_run_yet(tiny_model, two_processes):
     with pytest.raises(ConfigError, match="save_best=false"):
         engine(tiny_model, SFTMethod(), 8, save_best=True, **fsdp)
     engine(tiny_model, SFTMethod(), 8, **fsdp)  # accepted: sharding happens when training starts
-    with pytest.raises(ConfigError, match="with LoRA"):
-        engine(apply_lora(build_tiny_model(), LoraSettings(enabled=True)), SFTMethod(), 8, **fsdp)
 
 
 def test_nproc_command_is_torchrun_standalone_with_the_same_arguments(monkeypatch):

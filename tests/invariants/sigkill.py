@@ -3,10 +3,11 @@ SIGKILL at a random moment of its training, run the same command again (it resum
 checkpoint), and so on, then let it finish. The finished run must log the same numbers and end with the same
 weights as the uninterrupted run recorded in presets_golden.json, and no checkpoint it left may be unreadable.
 
-    .venv/bin/python tests/invariants/sigkill.py --kills 5 sft dpo grpo_kl_iterations reinforce ppo
+    .venv/bin/python tests/invariants/sigkill.py --kills 5 sft dpo grpo_kl_iterations reinforce ppo --pipeline
 
 prints one line per preset (kills that landed, restarts, checkpoints checked, equal or not) and exits 1 if any run
-differs. ``tests/invariants/test_sigkill.py`` runs it on one preset in CI; docs/reliability.md has a full campaign.
+differs. ``--pipeline`` also kills a pipeline (SFT -> DPO on SFT's model) and compares every stage with the same
+pipeline run without kills. ``tests/invariants/test_sigkill.py`` runs it on one preset in CI; docs/reliability.md has a full campaign.
 """
 
 from __future__ import annotations
@@ -38,16 +39,14 @@ Path({out!r}).write_text(json.dumps(result))
 """
 
 
-def log_lines(run: Path) -> int:
-    path = run / "log_history.jsonl"
-    return len(path.read_text().splitlines()) if path.is_file() else 0
+def log_lines(root: Path) -> int:
+    """Lines logged so far by every run under ``root`` (a preset's folder, or a pipeline's stages)."""
+    return sum(len(path.read_text().splitlines()) for path in root.rglob("log_history.jsonl"))
 
 
-def campaign(name: str, workdir: Path, kills: int, rng: random.Random, reward_model: Path | None = None,
-             window_s: float = 1.5) -> dict:
-    """Kill the preset's run ``kills`` times while it trains, then let it finish; returns what happened."""
-    out = workdir / f"{name}.result.json"
-    code = CHILD.format(here=str(HERE), name=name, workdir=str(workdir), reward=str(reward_model or ""), out=str(out))
+def kill_and_resume(code: str, root: Path, kills: int, rng: random.Random, window_s: float = 1.5) -> dict:
+    """Run ``code`` in a child process; while it trains under ``root``, SIGKILL it ``kills`` times (each after a
+    random moment once it has logged a step), starting it again each time; then let it finish."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     landed, attempts, checkpoints_seen = 0, 0, set()
     while True:
@@ -55,21 +54,58 @@ def campaign(name: str, workdir: Path, kills: int, rng: random.Random, reward_mo
         child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True)
         if landed < kills:
-            before = log_lines(workdir / name)
-            while child.poll() is None and log_lines(workdir / name) <= before:  # wait for training to log a step
+            before = log_lines(root)
+            while child.poll() is None and log_lines(root) <= before:  # wait for training to log a step
                 time.sleep(0.05)
             time.sleep(rng.uniform(0, window_s))
             if child.poll() is None:
                 child.send_signal(signal.SIGKILL)
                 landed += 1
         _, stderr = child.communicate()
-        checkpoints_seen |= check_checkpoints(workdir / name)
+        for run in {path.parent.parent for path in root.rglob("checkpoints/*")}:
+            checkpoints_seen |= check_checkpoints(run)
         if child.returncode == 0:
-            break
+            return {"kills": landed, "attempts": attempts, "checkpoints_checked": len(checkpoints_seen)}
         if child.returncode != -signal.SIGKILL:
-            raise RuntimeError(f"{name}: the run failed on attempt {attempts}:\n{stderr[-3000:]}")
-    return {"result": json.loads(out.read_text()), "kills": landed, "attempts": attempts,
-            "checkpoints_checked": len(checkpoints_seen)}
+            raise RuntimeError(f"the run failed on attempt {attempts}:\n{stderr[-3000:]}")
+
+
+def campaign(name: str, workdir: Path, kills: int, rng: random.Random, reward_model: Path | None = None) -> dict:
+    """A preset under kills; its result in presets.record's form."""
+    out = workdir / f"{name}.result.json"
+    code = CHILD.format(here=str(HERE), name=name, workdir=str(workdir), reward=str(reward_model or ""), out=str(out))
+    outcome = kill_and_resume(code, workdir / name, kills, rng)
+    return {**outcome, "result": json.loads(out.read_text())}
+
+
+def pipeline_result(root: Path) -> dict:
+    """Each stage's logged numbers, evaluation and tensors, with the pipeline's folder written as ROOT."""
+    from presets import _jsonl, _numbers, fingerprint
+
+    result = {stage.name: {"log_history": _jsonl(stage / "log_history.jsonl"),
+                           "evaluation": _numbers(json.loads((stage / "evaluation.json").read_text())),
+                           "final": fingerprint(stage / "final")} for stage in sorted(root.iterdir()) if stage.is_dir()}
+    return json.loads(json.dumps(result).replace(str(root), "ROOT"))
+
+
+def pipeline_campaign(workdir: Path, kills: int, rng: random.Random) -> dict:
+    """SFT -> DPO from its model (presets shrunk to the tiny model), uninterrupted and under kills."""
+    from presets import _SMALL, OVERRIDES, ROOT
+
+    def stage(name: str, preset: str, **extra) -> dict:
+        return {"name": name, "config": str(ROOT / "configs" / f"{preset}.yaml"),
+                "overrides": {**_SMALL, **OVERRIDES[preset], **extra}}
+
+    results = {}
+    workdir.mkdir(parents=True, exist_ok=True)
+    for run in ("uninterrupted", "killed"):
+        spec = {"output_dir": str(workdir / run), "stages": [stage("sft", "sft"), stage("dpo", "dpo", model="{sft}")]}
+        (workdir / f"{run}.json").write_text(json.dumps(spec))
+        code = (f"from posttrain.pipeline import run_pipeline\nimport torch\ntorch.set_num_threads(1)\n"
+                f"run_pipeline({str(workdir / f'{run}.json')!r})")
+        outcome = kill_and_resume(code, workdir / run, kills if run == "killed" else 0, rng)
+        results[run] = {**outcome, "result": pipeline_result(workdir / run)}
+    return results
 
 
 def check_checkpoints(run: Path) -> set[str]:
@@ -91,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     from test_presets_unchanged import assert_same
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("presets", nargs="+")
+    parser.add_argument("presets", nargs="*")
+    parser.add_argument("--pipeline", action="store_true", help="also a pipeline (SFT -> DPO) under kills")
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs per preset before it may finish")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -112,6 +149,18 @@ def main(argv: list[str] | None = None) -> int:
                 verdict, failed = f"DIFFERS: {exc}", failed + 1
             print(f"{name}: {outcome['kills']} kills, {outcome['attempts']} runs, {outcome['checkpoints_checked']} "
                   f"checkpoints loaded; {verdict} ({time.perf_counter() - started:.0f} s)", flush=True)
+        if args.pipeline:
+            started = time.perf_counter()
+            outcome = pipeline_campaign(workdir / "pipeline", args.kills, rng)
+            killed = outcome["killed"]
+            try:
+                assert_same(killed["result"], outcome["uninterrupted"]["result"], "pipeline")
+                verdict = "same logs and weights in every stage as the uninterrupted pipeline"
+            except AssertionError as exc:
+                verdict, failed = f"DIFFERS: {exc}", failed + 1
+            print(f"pipeline sft -> dpo: {killed['kills']} kills, {killed['attempts']} runs, "
+                  f"{killed['checkpoints_checked']} checkpoints loaded; {verdict} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
     return 1 if failed else 0
 
 
