@@ -67,6 +67,18 @@ def label(config: str | Path | dict, overrides: list[str] | None = None) -> dict
     return label_preferences(build_config(LabelConfig, data, source=source))
 
 
+def constitution(config: str | Path | dict, overrides: list[str] | None = None) -> dict:
+    """The critique -> revise loop of Constitutional AI's supervised stage (``posttrain.rollout.critique_revise``);
+    returns the summary written to ``output_dir/evaluation.json`` (``data``: the SFT file)."""
+    from posttrain.rollout.critique_revise import ConstitutionConfig, critique_revise
+
+    source, data = _read(config, overrides)
+    if data.setdefault("method", "constitution") != "constitution":
+        raise ConfigError(f"{source}: method is {data['method']!r}; `posttrain constitution` runs method: "
+                          "constitution configs")
+    return critique_revise(build_config(ConstitutionConfig, data, source=source))
+
+
 def evaluate(model="smollm2-135m-instruct", suite="default", seed: int = 0, out: str | Path | None = None,
              **options) -> dict:
     """Evaluate a model spec (or a ``(model, tokenizer)`` pair) on a metric suite; returns the evaluation, also

@@ -151,6 +151,24 @@ def _label(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- constitution
+def _constitution_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser("constitution", help="critique -> revise with a constitution (SL-CAI): SFT rows",
+                                 description="For each prompt the model answers, critiques its answer against a "
+                                 "sampled principle and revises it, n rounds; writes chains.jsonl and sft.jsonl "
+                                 "(prompt, final revision). See configs/constitution_sl.yaml and docs/ai_feedback.md.")
+    parser.add_argument("config", help="a .yaml/.json config (method: constitution)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser
+
+
+def _constitution(args) -> int:
+    from posttrain.api import constitution
+
+    print(json.dumps(constitution(args.config, args.overrides), indent=2))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- pipeline
 def _pipeline_parser(commands) -> argparse.ArgumentParser:
     pipeline = commands.add_parser("pipeline", help="run training stages in order (e.g. SFT -> reward model -> PPO)",
@@ -517,6 +535,7 @@ COMMANDS = {
     "generate": (_generate_parser, _generate),
     "pipeline": (_pipeline_parser, _pipeline),
     "label": (_label_parser, _label),
+    "constitution": (_constitution_parser, _constitution),
     "models": (_models_parser, _models),
     "demo": (_demo_parser, _demo),
     "gym": (_gym_parser, _gym),

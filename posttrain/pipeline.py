@@ -14,6 +14,8 @@
       - name: pairs                                 # AI-labelled preference pairs (posttrain.rollout.label)
         label: configs/label.yaml
         overrides: {model: "{ppo}"}                 # {pairs} in a later stage: its pairs.jsonl
+      - name: revisions                             # critique -> revise (SL-CAI, posttrain.rollout.critique_revise)
+        constitution: configs/constitution_sl.yaml  # {revisions} in a later stage: its sft.jsonl
       - name: evaluation
         evaluate: {model: "{ppo}", suite: default}  # posttrain.api.evaluate(...) -> runs/rlhf/evaluation/
 
@@ -35,13 +37,13 @@ from posttrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STAGE_KEYS = {"name", "config", "overrides", "evaluate", "label"}
+STAGE_KEYS = {"name", "config", "overrides", "evaluate", "label", "constitution"}
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w-]*)\}")
 
 
 def run_pipeline(path: str | Path, overrides: list[str] | None = None) -> dict[str, dict]:
     """Run (or resume) every stage of the pipeline file ``path``; returns each stage's evaluation."""
-    from posttrain.api import label, train
+    from posttrain.api import constitution, label, train
 
     source = str(path)
     spec = apply_overrides(read_config_file(path), overrides or [], source=f"{source} (overrides)")
@@ -67,11 +69,12 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None) -> dict[s
         stage_overrides.update(output_dir=str(stage_dir), overwrite_output_dir=not resume)
         if "config" in stage:  # a label stage has no checkpoints to resume from
             stage_overrides["resume_from"] = None
-        config = apply_overrides(read_config_file(stage.get("config") or stage["label"]),
+        config = apply_overrides(read_config_file(stage.get("config") or stage.get("label") or stage["constitution"]),
                                  [f"{key}={json.dumps(value)}" for key, value in stage_overrides.items()],
                                  source=f"{where} overrides")
         log.warning("%s: %s", where, f"resuming in {stage_dir}" if resume else f"training into {stage_dir}")
-        results[name] = label(config) if "label" in stage else train(config)
+        run = label if "label" in stage else constitution if "constitution" in stage else train
+        results[name] = run(config)
     return results
 
 
@@ -87,10 +90,10 @@ def check_stages(stages, source: str) -> list[dict]:
         if unknown:
             raise ConfigError(f"{where} ({stage['name']}): unknown key(s) {', '.join(unknown)}; "
                               f"expected {', '.join(sorted(STAGE_KEYS))}")
-        if sum(key in stage for key in ("config", "evaluate", "label")) != 1:
+        if sum(key in stage for key in ("config", "evaluate", "label", "constitution")) != 1:
             raise ConfigError(f"{where} ({stage['name']}): give one of `config` (a training stage), `evaluate` or "
-                              "`label` (a label config: AI-judged preference pairs)")
-        for key in ("config", "label"):
+                              "`label` (a label config: AI-judged preference pairs) or `constitution` (SL-CAI)")
+        for key in ("config", "label", "constitution"):
             if key in stage and not Path(stage[key]).is_file():
                 raise ConfigError(f"{where} ({stage['name']}): {key} file {stage[key]!r} not found")
         if stage["name"] in names:

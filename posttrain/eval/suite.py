@@ -1,4 +1,4 @@
-"""Suites: named lists of metric entries. Built in: ``default`` and ``quick``; or a YAML/JSON file:
+"""Suites: named lists of metric entries. Built in: ``default``, ``quick`` and ``safety``; or a YAML/JSON file:
 
     name: my-suite                      # optional; defaults to the file's name
     metrics:
@@ -43,6 +43,7 @@ BUILTIN_SUITES: dict[str, list] = {
         "win_rate",
         {"metric": "preference_accuracy", "limit": 32},
         {"metric": "probes", "rewards": LENGTH_REWARD},
+        {"metric": "safety", "limit": 40, "max_new_tokens": 32},  # 20 held-out twin pairs; all: the `safety` suite
     ],
     # every metric on a handful of items: a smoke test in seconds (win_rate's judge is the embedded model, as in
     # `default`; tests that evaluate a model with a known base give it `judge: {llm: tiny}`)
@@ -56,6 +57,13 @@ BUILTIN_SUITES: dict[str, list] = {
         {"metric": "win_rate", "limit": 4, "max_new_tokens": 16},
         {"metric": "preference_accuracy", "limit": 8},
         {"metric": "probes", "rewards": LENGTH_REWARD, "max_new_tokens": 16},
+        {"metric": "safety", "limit": 4, "max_new_tokens": 8},
+    ],
+    # refusal of the held-out harmful prompts and over-refusal of their benign twins (data/safety), with the
+    # arithmetic accuracy a safety fine-tune must not cost
+    "safety": [
+        "safety",
+        {"metric": "task_accuracy", "name": "arithmetic", "task": "arithmetic", "n": 40, "max_new_tokens": 32},
     ],
 }
 

@@ -26,16 +26,20 @@ def expert_utilization(router_logits: torch.Tensor, top_k: int, mask: torch.Tens
     return counts / (rows.sum() * top_k).clamp(min=1)
 
 
-def load_balancing_loss(router_logits: torch.Tensor, top_k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+def load_balancing_loss(router_logits: torch.Tensor, top_k: int, mask: torch.Tensor | None = None,
+                        fractions: torch.Tensor | None = None) -> torch.Tensor:
     """Switch Transformer's auxiliary loss (Fedus et al. 2022, eq. 4-6, https://arxiv.org/abs/2101.03961; GShard,
     Lepikhin et al. 2021, for top-2): L = E * sum_e f_e P_e, f_e = ``expert_utilization`` (a count: no gradient),
     P_e = mean over tokens of softmax(logits)_e (the router's gradient flows through it). It is 1 when routing is
     uniform and grows as tokens crowd onto the experts the router favours. (transformers' Mixtral
-    ``load_balancing_loss_func`` counts assignments without dividing by k: its value is k times this one.)"""
+    ``load_balancing_loss_func`` counts assignments without dividing by k: its value is k times this one.)
+    ``fractions``: f_e ``(E,)`` counted over a larger batch than these rows (a whole accumulated step); then L is linear
+    in the rows' probabilities, so the rows of a step can be scored in parts whose values add up."""
     rows = _masked_rows(router_logits, mask)
     probs = router_logits.float().softmax(-1)  # (N, E)
     mean_probs = (probs * rows[:, None]).sum(0) / rows.sum().clamp(min=1)  # P_e
-    fractions = expert_utilization(router_logits.detach(), top_k, mask)  # f_e
+    if fractions is None:
+        fractions = expert_utilization(router_logits.detach(), top_k, mask)  # f_e
     return router_logits.shape[-1] * (fractions * mean_probs).sum()
 
 

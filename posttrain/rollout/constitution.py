@@ -32,10 +32,14 @@ from posttrain.config import read_config_file
 from posttrain.errors import ConfigError
 from posttrain.rollout.rewards import load_function
 
-# a reply that declines: the phrases instruction-tuned models refuse with
+# a reply that declines: the phrases instruction-tuned models refuse with (the last three: SmolLM2-Instruct's "I'm
+# sorry for any misunderstanding, but as a chatbot ..., I don't have the capability to / I'm not equipped to ...")
 REFUSAL_PATTERN = re.compile(
     r"\b(I\s+(?:can(?:'|no)t|cannot|won't|will\s+not|am\s+not\s+able\s+to|'m\s+not\s+able\s+to|am\s+unable\s+to|"
-    r"'m\s+unable\s+to|must\s+decline)|I'm\s+sorry,?\s+but|I\s+am\s+sorry,?\s+but|as\s+an\s+AI)\b", re.IGNORECASE)
+    r"'m\s+unable\s+to|must\s+decline)|I'm\s+sorry,?\s+but|I\s+am\s+sorry,?\s+but|as\s+an\s+AI|"
+    r"I(?:'m|\s+am)\s+not\s+equipped\s+to|"
+    r"I(?:'m|\s+am)\s+sorry\s+for\s+any\s+(?:misunderstanding|confusion),?\s+but|"
+    r"I\s+(?:don't|do\s+not)\s+have\s+the\s+(?:capability|ability)\s+to)\b", re.IGNORECASE)
 PAIRWISE_QUESTION_TEMPLATE = (
     "Consider this request and two responses to it.\n\n[Request]\n{{prompt}}\n\n[Response A]\n{{first}}\n\n"
     "[Response B]\n{{second}}\n\n{question} Reply with one letter, A or B.")

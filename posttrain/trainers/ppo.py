@@ -18,6 +18,11 @@ Algorithm, for each rollout of B = batch_size x grad_accum_steps prompts:
     7. adapt beta toward target_kl (Ziegler et al. 2019)
 One engine step is one minibatch update, so max_steps = rollouts x ppo_epochs x num_minibatches; a step that starts a
 rollout takes its prompts, the steps that reuse it ignore theirs.
+
+Under torchrun each rank samples, scores and values its own prompts (steps 1-5 but the whitening), then every rank
+gathers the whole rollout in rank order, the order one process holds it in: the rollout's whitening, statistics and
+adaptive beta, and the minibatch permutation are the global ones, and each rank trains on its contiguous share of
+every minibatch (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posttrain.config import option
-from posttrain.engine import LossOutput
+from posttrain.engine import LossOutput, distributed
 from posttrain.engine.checkpoint import load_model_weights
 from posttrain.engine.run_log import append_jsonl
 from posttrain.errors import ConfigError
@@ -171,7 +176,6 @@ class PPOMethod(OnlineRLMethod):
     ``loss``, step 7 in ``after_update``."""
 
     outputs = ("samples.jsonl", "ppo_metrics.jsonl")
-    data_parallel = False  # its advantage whitening and adaptive KL are over one process's rollout, not yet gathered
 
     def __init__(self, config: PPOConfig, tokenizer, setup: OnlineRLSetup, reference: ReferencePolicy | None):
         super().__init__(config, tokenizer, setup)
@@ -203,6 +207,10 @@ class PPOMethod(OnlineRLMethod):
             self.rollout(model, torch.cat([b["example_index"] for b in micro_batches]), step)
         device = micro_batches[0]["example_index"].device  # a rollout restored from a checkpoint is on the CPU
         rows = self.schedule.pop(0).to(device)
+        if distributed.world_size() > 1:  # the rollout is global: this rank's contiguous share of the minibatch
+            base, extra = divmod(len(rows), distributed.world_size())
+            start = distributed.rank() * base + min(distributed.rank(), extra)
+            rows = rows[start : start + base + (distributed.rank() < extra)]
         for batch, chunk in zip(micro_batches, rows.tensor_split(len(micro_batches))):
             batch.clear()
             if len(chunk):
@@ -214,13 +222,19 @@ class PPOMethod(OnlineRLMethod):
         config = self.config
         scored = self.sample_and_score(model, example_index, step)
         rows = scored.rows
-        scores = self.shaped_scores(scored.rewards, scored.rollout.truncated.to(scored.rewards.device))
+        scores = self.global_shaped_scores(scored.rewards, scored.rollout.truncated.to(scored.rewards.device))
         old, old_values, mask = model(rows, config.temperature)
         ref_logps = self.reference.token_logps(model.policy, rows, config.temperature) if self.reference else old.logps
         token_scores = token_level_scores(scores.to(mask.device), mask, config.reward_mode)
         rewards, kl = kl_penalized_rewards(token_scores, old.logps, ref_logps, mask, self.beta, config.kl_estimator)
         advantages, returns = token_gae(rewards, old_values, mask, config.gamma, config.gae_lambda)
-        rows.update(old_logps=old.logps, old_values=old_values, returns=returns, advantages=whiten(advantages, mask))
+        rows.update(old_logps=old.logps, old_values=old_values, returns=returns, advantages=advantages)
+        if distributed.world_size() > 1:  # steps 1-5 are row by row up to here; the rest is over the whole rollout
+            rows.update(rewards=rewards, kl=kl, scores=scores.to(mask.device), mask=mask)
+            rows = gather_rollout(rows, self.tokenizer.pad_token_id)
+            rewards, kl, scores, mask = rows.pop("rewards"), rows.pop("kl"), rows.pop("scores"), rows.pop("mask")
+            old_values, returns, advantages = rows["old_values"], rows["returns"], rows["advantages"]
+        rows["advantages"] = whiten(advantages, mask)
         self.rollout_rows = rows
 
         generator = torch.Generator().manual_seed(rollout_seed(config.seed, step))
@@ -237,7 +251,24 @@ class PPOMethod(OnlineRLMethod):
             "value_mean": float(masked_mean(old_values, mask)), "return_mean": float(masked_mean(returns, mask)),
             "explained_variance": explained_variance(old_values, returns, mask),
         }
+        if distributed.world_size() > 1:  # the rollout's figures over all ranks' rows, not averages of ranks'
+            lengths = rows["loss_mask"].sum(-1).float()
+            rewards = torch.cat(distributed.gather_tensors(scored.rewards))
+            truncated = torch.cat(distributed.gather_tensors(scored.rollout.truncated.float()))
+            self.rollout_stats.update(
+                reward=float(rewards.mean()), reward_std=float(rewards.std(unbiased=False)),
+                completion_length=float(lengths.mean()), completion_length_max=float(lengths.max()),
+                truncated_fraction=float(truncated.mean()))
         self.cycle = {"updates": 0, "early_stopped": 0}
+
+    def global_shaped_scores(self, scores: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+        """``shaped_scores`` over the whole rollout (whiten_rewards uses every rank's scores); this rank's part."""
+        if distributed.world_size() == 1:
+            return self.shaped_scores(scores, truncated)
+        everyone = distributed.gather_tensors(scores)
+        start = sum(len(part) for part in everyone[: distributed.rank()])
+        shaped = self.shaped_scores(torch.cat(everyone), torch.cat(distributed.gather_tensors(truncated)))
+        return shaped[start : start + len(scores)]
 
     def shaped_scores(self, scores: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
         """Step 2's optional shaping of the sequence scores s, in this order: EOS penalty, whitening, clipping."""
@@ -269,6 +300,8 @@ class PPOMethod(OnlineRLMethod):
 
     def step_metrics(self) -> dict[str, float]:
         """This update's token means, beside the rollout's figures."""
+        # over all ranks' tokens: approx_kl decides kl_stop, which must be the same decision on every rank
+        self.stats = distributed.sum_over_ranks(self.stats)
         tokens = max(self.stats.pop("tokens", 0.0), 1.0)
         self.last_update = {name: value / tokens for name, value in self.stats.items()}
         self.stats = {}
@@ -298,7 +331,8 @@ class PPOMethod(OnlineRLMethod):
         if config.target_kl is not None:
             self.beta = adaptive_kl_coef(self.beta, self.rollout_stats["kl"], config.target_kl, config.kl_horizon,
                                          len(self.rollout_rows["input_ids"]))
-        append_jsonl(Path(config.output_dir) / "ppo_metrics.jsonl", [record])
+        if distributed.is_main():
+            append_jsonl(Path(config.output_dir) / "ppo_metrics.jsonl", [record])
 
     # ------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
@@ -314,6 +348,20 @@ class PPOMethod(OnlineRLMethod):
         if state.get("schedule"):
             self.rollout_rows, self.schedule = state["rollout_rows"], state["schedule"]
             self.rollout_stats, self.cycle = state["rollout_stats"], state["cycle"]
+
+
+def gather_rollout(rows: dict[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Every rank's rollout rows, in rank order, right-padded to the widest rank's width (input_ids with the pad
+    token, everything else with 0): the rows one process would have collated from the same completions."""
+    gathered = {name: distributed.gather_tensors(value) for name, value in rows.items()}
+    widths = [part.shape[1] for part in gathered["input_ids"]]  # each rank's T; (N, T - 1) tensors pad as much
+    out = {}
+    for name, parts in gathered.items():
+        fill = pad_token_id if name == "input_ids" else 0
+        out[name] = torch.cat([part if part.dim() == 1 else torch.nn.functional.pad(part, (0, max(widths) - w),
+                                                                                   value=fill)
+                               for part, w in zip(parts, widths)])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ set-up

@@ -22,6 +22,7 @@ from posttrain.data import load_examples, pack_examples
 from posttrain.engine import LossOutput, Method
 from posttrain.math import sft_nll_sum
 from posttrain.models.forward import token_logps
+from posttrain.models.moe_training import RouterLosses, moe_config
 from posttrain.trainers.common import (
     PolicyTrainingConfig,
     TrainingRun,
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 class SFTConfig(PolicyTrainingConfig):
     method: Literal["sft"] = option("sft", help="supervised fine-tuning: next-token cross-entropy on the completions")
     learning_rate: float = option(2e-5, min=0, help="AdamW's peak learning rate, reached after warmup_steps")
+    router_aux_loss_coef: float | None = option(
+        None, min=0, help="mixture-of-experts models only: weight of the load-balancing loss (Switch/GShard, mean over "
+                          "layers) added to the loss; None: the model config's router_aux_loss_coef")
+    router_z_loss_coef: float = option(0.0, min=0, help="mixture-of-experts models only: weight of the router z-loss "
+                                                        "(ST-MoE) added to the loss")
 
 
 class SFTMethod(Method):
@@ -45,13 +51,27 @@ class SFTMethod(Method):
 
     fsdp = True  # tested under distributed.strategy: fsdp (tests/distributed)
 
+    def __init__(self, router: RouterLosses | None = None):
+        self.router = router  # a mixture of experts' router losses (posttrain.models.moe_training); None: dense
+        if router is not None:
+            self.fsdp = False  # the router hooks are not tested under FSDP
+
+    def prepare_step(self, model, micro_batches: list[dict[str, torch.Tensor]], step: int) -> None:
+        if self.router is not None:
+            self.router.prepare(model, micro_batches, sum(self.count(b) for b in micro_batches))
+
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["loss_mask"][:, 1:].sum())
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> LossOutput:
-        stats, mask = token_logps(model, batch)
+        if self.router is None:
+            stats, mask = token_logps(model, batch)
+            nll_sum = sft_nll_sum(stats.logps, mask)
+            return LossOutput(nll_sum, {"token_accuracy": float(stats.is_argmax[mask].sum())})
+        (stats, mask), aux_sum, router_metrics = self.router.loss(model, batch, lambda: token_logps(model, batch))
         nll_sum = sft_nll_sum(stats.logps, mask)
-        return LossOutput(nll_sum, {"token_accuracy": float(stats.is_argmax[mask].sum())})
+        return LossOutput(nll_sum + aux_sum, {"token_accuracy": float(stats.is_argmax[mask].sum()),
+                                              "nll": float(nll_sum.detach()), **router_metrics})
 
 
 def train_sft(config: SFTConfig, callbacks=None) -> dict:
@@ -62,7 +82,9 @@ def train_sft(config: SFTConfig, callbacks=None) -> dict:
     if config.data.packing:
         train_examples = pack_examples(train_examples, config.data.max_length)
 
-    run = train_and_save(config, model, tokenizer, SFTMethod(), train_examples, eval_examples, callbacks)
+    moe = moe_config(model)
+    router = RouterLosses(moe, config.router_aux_loss_coef, config.router_z_loss_coef) if moe else None
+    run = train_and_save(config, model, tokenizer, SFTMethod(router), train_examples, eval_examples, callbacks)
     return write_evaluation(config, sft_evaluation(config, run, model), model, tokenizer)
 
 

@@ -56,6 +56,11 @@ def scenarios(data_dir: Path) -> dict[str, dict]:
         "reinforce": {**common, "method": "reinforce", "learning_rate": 1e-3, "group_size": 2, "max_new_tokens": 6,
                       "num_train_prompts": 16, "num_eval_prompts": 0, "top_k": 20,
                       "rewards": [{"function": "runs:starts_a_word"}]},
+        # PPO: the rollout is gathered, so whitening (rewards and advantages), the adaptive beta (changed after the
+        # first rollout of 2 minibatch steps) and the minibatch permutation, which mixes ranks' rows, are global
+        "ppo": {**common, "method": "ppo", "learning_rate": 1e-3, "max_new_tokens": 6, "num_train_prompts": 16,
+                "num_eval_prompts": 0, "top_k": 20, "shared_value_head": True, "ppo_epochs": 1, "num_minibatches": 2,
+                "whiten_rewards": True, "target_kl": 0.5, "rewards": [{"function": "runs:starts_a_word"}]},
     }
 
 

@@ -35,9 +35,12 @@ def test_a_step_batch_that_leaves_a_process_without_examples_is_refused(tiny_mod
 
 
 def test_a_method_that_is_not_data_parallel_is_refused(tiny_model, two_processes):
-    assert not PPOMethod.data_parallel
-    with pytest.raises(ConfigError, match="does not run in several processes yet"):
-        engine(tiny_model, PPOMethod.__new__(PPOMethod), 8)
+    class OneProcessOnly(SFTMethod):
+        data_parallel = False
+
+    assert PPOMethod.data_parallel  # every built-in method runs data-parallel (PPO since its rollout is gathered)
+    with pytest.raises(ConfigError, match="OneProcessOnly does not run in several processes yet"):
+        engine(tiny_model, OneProcessOnly(), 8)
 
 
 def test_optimizer_in_backward_is_refused(tiny_model, two_processes):

@@ -5,6 +5,7 @@ Two gloo processes on CPU, as ``torchrun --nproc_per_node 2`` starts them (tests
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def two_process_runs(launch):
     return root
 
 
-@pytest.mark.parametrize("name", ["sft", "sft_lora", "dpo", "kto", "grpo", "reinforce"])
+@pytest.mark.parametrize("name", ["sft", "sft_lora", "dpo", "kto", "grpo", "reinforce", "ppo"])
 def test_two_processes_take_the_steps_of_one_with_twice_the_batch(two_process_runs, name):
     one_records, one_weights = results(two_process_runs / f"{name}_1x{WORLD * MICRO}")
     two_records, two_weights = results(two_process_runs / f"{name}_2x{MICRO}")
@@ -52,7 +53,7 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_batch(two_process_ru
     for one, two in zip(one_records, two_records):
         assert math.isclose(two["loss"], one["loss"], rel_tol=1e-5, abs_tol=1e-6), (one["step"], one, two)
         assert two["num_tokens"] == one["num_tokens"]  # global tokens, not rank 0's
-        if name in ("grpo", "reinforce"):  # the logged reward is the whole batch's mean, not rank 0's
+        if name in ("grpo", "reinforce", "ppo"):  # the logged reward is the whole batch's mean, not rank 0's
             assert math.isclose(two["reward"], one["reward"], abs_tol=1e-6)
     for key, weight in one_weights.items():
         torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
@@ -62,6 +63,27 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_batch(two_process_ru
         initial = build_tiny_model().state_dict()  # what both runs started from ("model: tiny")
         moved = [weight - initial[key] for key, weight in one_weights.items()]
     assert max(float(weight.abs().max()) for weight in moved) > 1e-4  # the runs did train
+
+
+def test_ppo_rollout_figures_and_adaptive_beta_are_the_global_ones(two_process_runs):
+    """ppo_metrics.jsonl (rank 0 only): one line per rollout, each figure (whitened advantages, KL, the adapted beta,
+    the value head's explained variance, the update means) the 1-process run's; the critic trained alike."""
+    from safetensors.torch import load_file
+
+    one, two = ([json.loads(line) for line in (two_process_runs / f"ppo_{n}" / "ppo_metrics.jsonl").read_text()
+                 .splitlines()] for n in (f"1x{WORLD * MICRO}", f"2x{MICRO}"))
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [2]
+    for name in ("reward", "reward_std", "score", "kl", "kl_coef", "advantage_mean", "advantage_std", "value_mean",
+                 "return_mean", "explained_variance", "completion_length", "completion_length_max", "policy_loss",
+                 "value_loss", "approx_kl", "clip_fraction"):
+        assert math.isclose(two[0][name], one[0][name], rel_tol=1e-5, abs_tol=1e-6), (name, one[0], two[0])
+    one_records, two_records = (results(two_process_runs / f"ppo_{n}")[0] for n in (f"1x{WORLD * MICRO}", f"2x{MICRO}"))
+    assert two_records[2]["kl_coef"] == one_records[2]["kl_coef"] != one_records[0]["kl_coef"]  # adapted after step 2
+    one_head, two_head = (load_file(two_process_runs / f"ppo_{n}" / "final" / "value_head.safetensors")
+                          for n in (f"1x{WORLD * MICRO}", f"2x{MICRO}"))
+    for key, weight in one_head.items():
+        torch.testing.assert_close(two_head[key], weight, rtol=1e-5, atol=1e-5)
+    assert float(one_head["weight"].abs().max()) > 0  # the head (zero at start) trained
 
 
 def test_reference_log_probs_split_over_ranks_fill_the_same_cache(two_process_runs):

@@ -17,6 +17,7 @@ from posttrain.eval.metrics.answers import (
 )
 from posttrain.eval.metrics.lm_eval import LmEvalOptions, lm_eval
 from posttrain.eval.metrics.judges import JudgeAgreementOptions, WinRateOptions, judge_agreement, win_rate
+from posttrain.eval.metrics.safety import SafetyOptions, safety
 from posttrain.eval.metrics.likelihood import (
     KLOptions,
     PerplexityOptions,
@@ -37,6 +38,7 @@ METRICS = {
     "preference_accuracy": (PreferenceOptions, preference_accuracy),
     "probes": (ProbeOptions, probes),
     "lm_eval": (LmEvalOptions, lm_eval),
+    "safety": (SafetyOptions, safety),
 }
 
 __all__ = ["METRICS"]
