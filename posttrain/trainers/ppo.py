@@ -66,6 +66,7 @@ from posttrain.trainers.rl import (
     OnlineRLConfig,
     OnlineRLMethod,
     OnlineRLSetup,
+    gather_rollout,
     load_online_rl,
     rollout_metrics,
     rollout_seed,
@@ -348,20 +349,6 @@ class PPOMethod(OnlineRLMethod):
         if state.get("schedule"):
             self.rollout_rows, self.schedule = state["rollout_rows"], state["schedule"]
             self.rollout_stats, self.cycle = state["rollout_stats"], state["cycle"]
-
-
-def gather_rollout(rows: dict[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Every rank's rollout rows, in rank order, right-padded to the widest rank's width (input_ids with the pad
-    token, everything else with 0): the rows one process would have collated from the same completions."""
-    gathered = {name: distributed.gather_tensors(value) for name, value in rows.items()}
-    widths = [part.shape[1] for part in gathered["input_ids"]]  # each rank's T; (N, T - 1) tensors pad as much
-    out = {}
-    for name, parts in gathered.items():
-        fill = pad_token_id if name == "input_ids" else 0
-        out[name] = torch.cat([part if part.dim() == 1 else torch.nn.functional.pad(part, (0, max(widths) - w),
-                                                                                   value=fill)
-                               for part, w in zip(parts, widths)])
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------ set-up

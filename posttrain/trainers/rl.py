@@ -241,3 +241,17 @@ def train_online(config: OnlineRLConfig, model, tokenizer, method: OnlineRLMetho
     summary = evaluation_summary(config, policy, run, lambda record: {n[5:]: record[n] for n in names if n in record},
                                  "n_prompts")
     return write_evaluation(config, summary, policy, tokenizer)
+
+
+def gather_rollout(rows: dict[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Every rank's rollout rows, in rank order, right-padded to the widest rank's width (input_ids with the pad
+    token, everything else with 0): the rows one process would have collated from the same completions."""
+    gathered = {name: distributed.gather_tensors(value) for name, value in rows.items()}
+    widths = [part.shape[1] for part in gathered["input_ids"]]  # each rank's T; (N, T - 1) tensors pad as much
+    out = {}
+    for name, parts in gathered.items():
+        fill = pad_token_id if name == "input_ids" else 0
+        out[name] = torch.cat([part if part.dim() == 1 else torch.nn.functional.pad(part, (0, max(widths) - w),
+                                                                                   value=fill)
+                               for part, w in zip(parts, widths)])
+    return out

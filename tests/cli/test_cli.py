@@ -137,12 +137,24 @@ def test_shipped_presets_validate():
     from pathlib import Path
 
     configs = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
-    presets = [c for c in configs if "method" in yaml.safe_load(c.read_text())]  # not the eval suites, pipelines
+    from posttrain.trainers import METHODS
+
+    # training presets (not the eval suites, pipelines, label and constitution configs: their own tests read those)
+    presets = [c for c in configs if yaml.safe_load(c.read_text()).get("method") in METHODS]
     assert len(presets) > 5
     for preset in presets:
         _, config = build_method_config(str(preset))
         assert config.output_dir, preset
         assert not config.overwrite_output_dir, f"{preset}: a re-run after a crash must resume, not start over"
+    from posttrain.config import build_config, read_config_file
+    from posttrain.rollout.critique_revise import ConstitutionConfig
+    from posttrain.rollout.label import LabelConfig
+
+    others = {"label": LabelConfig, "constitution": ConstitutionConfig}
+    for path in configs:
+        data = yaml.safe_load(path.read_text())
+        if data.get("method") in others:
+            assert not build_config(others[data["method"]], read_config_file(path), str(path)).overwrite_output_dir
     for preset in ("configs/sft.yaml", "configs/sft_lora.yaml"):
         _, config = build_method_config(preset)
         assert config.model == "smollm2-135m-instruct"
