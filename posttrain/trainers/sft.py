@@ -51,8 +51,10 @@ class SFTMethod(Method):
 
     fsdp = True  # tested under distributed.strategy: fsdp (tests/distributed)
 
+    router: RouterLosses | None = None  # a mixture of experts' router losses (posttrain.models.moe_training)
+
     def __init__(self, router: RouterLosses | None = None):
-        self.router = router  # a mixture of experts' router losses (posttrain.models.moe_training); None: dense
+        self.router = router
         if router is not None:
             self.fsdp = False  # the router hooks are not tested under FSDP
 
