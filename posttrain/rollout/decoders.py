@@ -49,7 +49,11 @@ def supports_llama_path(model) -> bool:
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return False
     attn = inner.layers[0].self_attn
-    return all(hasattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")) and not hasattr(attn, "q_norm")
+    if not all(hasattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")) or hasattr(attn, "q_norm"):
+        return False
+    # it joins the projections' weights into packed matrices: plain tensors only (not torchao's quantized ones)
+    weight = getattr(attn.q_proj, "weight", None)
+    return weight is None or type(weight.data) in (torch.Tensor, torch.nn.Parameter)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, out: torch.Tensor | None = None):

@@ -71,3 +71,18 @@ def test_bad_format_and_group_size(source, tmp_path):
         quantize_model(source[0], tmp_path / "x", "int3")
     with pytest.raises(ConfigError, match="--group-size"):
         quantize_model(source[0], tmp_path / "x", "int8-dynamic", 32)
+
+
+def test_a_quantized_model_generates_through_the_generic_decoder(source, tmp_path, tokenizer):
+    """The rollout engine's Llama fast path packs the projections' weights into joined matrices, which torchao's
+    quantized tensors do not support: a quantized model takes the generic path, and `auto` picks it."""
+    from posttrain.rollout import SamplingParams, sample
+    from posttrain.rollout.decoders import supports_llama_path
+
+    folder, model = source
+    quantized, _ = load_model(str(quantize_model(str(folder), tmp_path / "q", "int8")), device="cpu")
+    assert not supports_llama_path(quantized) and supports_llama_path(model)
+    prompts = [[5, 17, 42, 9], [8, 3]]  # token ids inside the tiny vocabulary
+    params = SamplingParams(max_new_tokens=5, temperature=0.0, eos_token_ids=())
+    auto, generic = (sample(quantized, tokenizer, prompts, params, backend=b) for b in ("auto", "hf"))
+    assert torch.equal(auto.completion_ids, generic.completion_ids) and int(auto.completion_mask.sum()) == 10
