@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.data.batching import collate
-from posttrain.data.sources import Row, load_rows
+from posttrain.data.sources import Row, finite_number, load_rows
 from posttrain.data.tokenize import Example
 from posttrain.errors import DataError
 
@@ -80,7 +80,7 @@ def encode_label(value, where: str, problem_type: str, num_labels: int, labels: 
     if problem_type == "regression":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DataError(f"{where}: label {value!r} must be a number (regression, num_labels: 1)")
-        return float(value)
+        return finite_number(value, where, "label")  # NaN and infinities too (e.g. from Parquet)
     if problem_type == "multi_label_classification":
         if not isinstance(value, list):
             raise DataError(f"{where}: label {value!r} must be a list of classes (multi_label: true)")

@@ -98,13 +98,13 @@ def _read_file(path: Path) -> _SliceableRows:
         for number, line in enumerate(_read_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
-            values = _parse_json(line, f"{path}:{number}")
+            values = _parse_json(line, path, number)
             if not isinstance(values, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(values).__name__}")
             rows.append(Row(values, f"{path}:{number}"))
         return _SliceableRows(rows)
     if suffix == ".json":
-        data = _parse_json(_read_text(path), str(path))
+        data = _parse_json(_read_text(path), path)
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"data": [...]} or {"train": [...]}
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -148,16 +148,18 @@ def _read_text(path: Path) -> str:
             from None
 
 
-def _parse_json(text: str, where: str):
-    """JSON without NaN or Infinity (Python's json reads them; no loss or metric can use them)."""
+def _parse_json(text: str, path: Path, line: int | None = None):
+    """JSON without NaN or Infinity (Python's json reads them; no loss or metric can use them). ``line``: the file's
+    line that ``text`` is (JSONL); None: ``text`` is the whole file."""
+    where = f"{path}:{line}" if line is not None else str(path)
+
     def refuse(constant):
         raise DataError(f"{where}: {constant} is not a finite number")
 
     try:
         return json.loads(text, parse_constant=refuse)
     except json.JSONDecodeError as exc:
-        line = where if ":" in where.rsplit("/", 1)[-1] else f"{where}:{exc.lineno}"
-        raise DataError(f"{line}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{path}:{line or exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
 
 
 def _read_dataset(path: str, split: str, from_disk: bool) -> _SliceableRows:
