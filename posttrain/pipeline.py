@@ -13,7 +13,8 @@
         overrides: {model: "{sft}", reward_model: "{reward}"}
       - name: pairs                                 # AI-labelled preference pairs (posttrain.rollout.label)
         label: configs/label.yaml
-        overrides: {model: "{ppo}"}                 # {pairs} in a later stage: its pairs.jsonl
+        overrides: {model: "{ppo}"}                 # {pairs} in a later stage: its pairs.jsonl; with a judge
+                                                    # {constitution: FILE}: RL-CAI's pairs (configs/constitutional.yaml)
       - name: revisions                             # critique -> revise (SL-CAI, posttrain.rollout.critique_revise)
         constitution: configs/constitution_sl.yaml  # {revisions} in a later stage: its sft.jsonl
       - name: evaluation

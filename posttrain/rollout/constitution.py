@@ -19,17 +19,22 @@ Checkers (each ``check(prompt, response) -> bool``, True: complies): ``word_limi
 ``required_pattern: REGEX`` (the response matches), ``forbidden_pattern: REGEX`` (it does not), ``refusal: true``
 (the response refuses, for harmful requests), ``not_refusal: true`` (it does not), ``function: "module:function"``
 (a callable ``(prompt, response) -> bool``). Every parsing error names the file and the key.
+
+``ConstitutionalJudge`` is the RL stage's feedback model (RL-CAI, sec. 4): a principle's ``judge`` question asked of
+a pair by a ``PairwiseJudge``, one principle drawn per pair.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from posttrain.config import read_config_file
 from posttrain.errors import ConfigError
+from posttrain.rollout.judges import PairwiseJudge, Verdict
 from posttrain.rollout.rewards import load_function
 
 # a reply that declines: the phrases instruction-tuned models refuse with (the last three: SmolLM2-Instruct's "I'm
@@ -42,7 +47,9 @@ REFUSAL_PATTERN = re.compile(
     r"I\s+(?:don't|do\s+not)\s+have\s+the\s+(?:capability|ability)\s+to)\b", re.IGNORECASE)
 PAIRWISE_QUESTION_TEMPLATE = (
     "Consider this request and two responses to it.\n\n[Request]\n{{prompt}}\n\n[Response A]\n{{first}}\n\n"
-    "[Response B]\n{{second}}\n\n{question} Reply with one letter, A or B.")
+    "[Response B]\n{{second}}\n\n{question} {answer}")
+ANSWER = "Reply with one letter, A or B."
+COT_ANSWER = "Think it through step by step, then give your verdict as [[A]] or [[B]]."  # the judges' COT_SUFFIX
 
 
 def is_refusal(text: str) -> bool:
@@ -81,9 +88,12 @@ class Principle:
         """The checker's verdict; None when the principle has no checker."""
         return None if self.checker is None else bool(self.checker(prompt, response))
 
-    def judge_template(self) -> str | None:
-        """The pairwise judge template (``posttrain.rollout.judges.PairwiseJudge``) asking this principle's question."""
-        return None if self.judge is None else PAIRWISE_QUESTION_TEMPLATE.format(question=self.judge)
+    def judge_template(self, cot: bool = False) -> str | None:
+        """The pairwise judge template (``posttrain.rollout.judges.PairwiseJudge``) asking this principle's question
+        (``cot``: asking for reasoning before the verdict)."""
+        if self.judge is None:
+            return None
+        return PAIRWISE_QUESTION_TEMPLATE.format(question=self.judge, answer=COT_ANSWER if cot else ANSWER)
 
 
 @dataclass(frozen=True)
@@ -152,3 +162,53 @@ def _checker(spec: Any, where: str) -> Callable[[str, str], bool]:
         return build(value)
     except re.error as exc:
         raise ConfigError(f"{where}.{kind}: not a valid regular expression ({exc})") from None
+
+
+class ConstitutionalJudge:
+    """RL-CAI's feedback model (Bai et al. 2022, sec. 4.1): for each pair one principle is drawn from those with a
+    ``judge`` question, and a ``PairwiseJudge`` with that question's template gives the verdict (both orders, label
+    log-probs; ``options``: the pairwise judge's, e.g. ``cot``). The draw is seeded by ``seed`` and the pair's texts,
+    so a pair gets the same principle however the pairs are batched or ordered, and a rerun draws the same ones.
+    Each verdict names its principle."""
+
+    def __init__(self, constitution: Constitution, model, tokenizer, seed: int = 0, **options):
+        self.principles = [p for p in constitution.principles if p.judge is not None]
+        if not self.principles:
+            raise ConfigError(f"constitution {constitution.name!r}: no principle has a `judge` question, which the "
+                              "RL stage's judge asks")
+        cot = options.get("cot", False)
+        self.judges = {p.name: PairwiseJudge(model, tokenizer, p.judge_template(cot), **options)
+                       for p in self.principles}
+        self.seed = seed
+
+    def principle(self, prompt: str, first: str, second: str) -> Principle:
+        return random.Random(f"{self.seed}/{prompt}\0{first}\0{second}").choice(self.principles)
+
+    def __call__(self, prompts, firsts, seconds, problems=None) -> list[Verdict]:
+        prompts, firsts, seconds = list(prompts), list(firsts), list(seconds)
+        drawn = [self.principle(*pair).name for pair in zip(prompts, firsts, seconds)]
+        verdicts: list[Verdict] = [Verdict(0.5, True)] * len(drawn)
+        for name, judge in self.judges.items():  # one batched call per principle
+            index = [i for i, d in enumerate(drawn) if d == name]
+            if index:
+                got = judge([prompts[i] for i in index], [firsts[i] for i in index], [seconds[i] for i in index])
+                for i, verdict in zip(index, got):
+                    verdicts[i] = replace(verdict, principle=name)
+        return verdicts
+
+
+def principle_agreement(constitution: Constitution, rows: list[dict]) -> dict:
+    """Over labelled pairs (prompt, chosen, rejected, principle), among those where the drawn principle's checker
+    accepts exactly one response: the share where it accepts the chosen one (the checkers measure the labels, never
+    make them)."""
+    by_name = {p.name: p for p in constitution.principles}
+    decisive = []
+    for row in rows:
+        principle = by_name.get(row.get("principle"))
+        if principle is None or principle.checker is None:
+            continue
+        chosen, rejected = (principle.complies(row["prompt"], row[k]) for k in ("chosen", "rejected"))
+        if chosen != rejected:
+            decisive.append(chosen)
+    return {"principle_decisive_pairs": len(decisive),
+            "principle_agreement": sum(decisive) / len(decisive) if decisive else None}

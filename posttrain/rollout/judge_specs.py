@@ -1,7 +1,10 @@
 """A judge from a config mapping: ``build_judge(spec)``. One key names the kind and its model (or rule); the others
 are that kind's options; ``abstain_band`` is every kind's.
 
-    judge: {pairwise: smollm2-135m-instruct, abstain_band: 0.05}           # template, labels, batch_size
+    judge: {pairwise: smollm2-135m-instruct, abstain_band: 0.05}           # template, labels, batch_size, cot,
+                                                                           # cot_max_new_tokens, cot_suffix
+    judge: {constitution: configs/constitutions/safety.yaml, model: smollm2-135m-instruct, seed: 0}
+                                  # RL-CAI: a principle's judge question per pair; the pairwise options too
     judge: {pointwise: smollm2-135m-instruct, criterion: correct, mode: score}   # yes_no | score, template
     judge: {reference_guided: runs/grpo/final, samples: 8}                 # parser ("module:function"), temperature,
                                                                            # max_new_tokens, seed
@@ -18,6 +21,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from posttrain.errors import ConfigError
+from posttrain.models.specs import EMBEDDED_DEFAULT
+from posttrain.rollout.constitution import ConstitutionalJudge, load_constitution
 from posttrain.rollout.judges import (
     EnsembleJudge,
     PairwiseJudge,
@@ -31,8 +36,10 @@ from posttrain.tasks.registry import TASKS
 
 DEFAULT_PARSER = "posttrain.tasks.arithmetic:extract_answer"
 # kind -> the options it takes besides its own key and abstain_band
+PAIRWISE_OPTIONS = {"labels", "batch_size", "cot", "cot_max_new_tokens", "cot_suffix"}
 JUDGE_KINDS: dict[str, set[str]] = {
-    "pairwise": {"template", "labels", "batch_size"},
+    "pairwise": {"template"} | PAIRWISE_OPTIONS,
+    "constitution": {"model", "seed"} | PAIRWISE_OPTIONS,
     "pointwise": {"criterion", "mode", "template", "batch_size"},
     "reference_guided": {"samples", "parser", "temperature", "max_new_tokens", "seed"},
     "reward_model": {"batch_size"},
@@ -87,11 +94,19 @@ def build_judge(spec: dict, load_lm: LoadLM | None = None, where: str = "judge",
     load_lm = load_lm or load_causal_lm
     source = next(value for key, value in spec.items() if ALIASES.get(key, key) == kind)  # the model, rule, members
     band = float(spec.get("abstain_band", 0.0))
-    if kind == "pairwise":
-        options = {k: spec[k] for k in ("template", "batch_size") if k in spec}
+    if kind in ("pairwise", "constitution"):
+        options = {k: spec[k] for k in ("template", "batch_size", "cot", "cot_max_new_tokens", "cot_suffix")
+                   if k in spec}
         if "labels" in spec:
             options["labels"] = tuple(spec["labels"])
-        return PairwiseJudge(*load_lm(source), abstain_band=band, **options)
+        if kind == "pairwise":
+            return PairwiseJudge(*load_lm(source), abstain_band=band, **options)
+        if not isinstance(source, str):
+            raise ConfigError(f"{where}: constitution must be a constitution file, got {source!r}")
+        if isinstance(spec.get("seed", 0), bool) or not isinstance(spec.get("seed", 0), int):
+            raise ConfigError(f"{where}: seed must be a whole number, got {spec['seed']!r}")
+        return ConstitutionalJudge(load_constitution(source), *load_lm(spec.get("model", EMBEDDED_DEFAULT)),
+                                   seed=spec.get("seed", 0), abstain_band=band, **options)
     if kind == "pointwise":
         options = {k: spec[k] for k in ("criterion", "mode", "template", "batch_size") if k in spec}
         return PointwiseJudge(*load_lm(source), abstain_band=band, **options)

@@ -12,7 +12,9 @@ LLM-as-a-Judge", https://arxiv.org/abs/2306.05685):
       m_1 = s + d   (a shown first)        m_2 = -s + d   (b shown first)        s = (m_1 - m_2) / 2,   p = sigma(s)
 
   so averaging the *log-odds* removes d exactly (averaging the two probabilities would not: sigma is not linear).
-  ``consistent``: both orders prefer the same response.
+  ``consistent``: both orders prefer the same response. With ``cot``, the judge first reasons (greedy, through the
+  rollout engine, separately in each order), and m is read after the question, its reasoning and ``cot_suffix``
+  (Lee et al. 2023, RLAIF, sec. 2.1.2: generate a rationale, then score the labels after an ending string).
 - ``PointwiseJudge``: each response alone, "is it <criterion>?": a distribution over ordered labels ("no" < "yes",
   or "1" < ... < "10"), each label's probability renormalised over the labels (G-Eval, Liu et al. 2023,
   https://arxiv.org/abs/2303.16634: score = sum_s s * p(s)). Two responses are compared as two independent draws
@@ -44,7 +46,7 @@ from posttrain.data.batching import collate_sequences
 from posttrain.errors import ConfigError
 from posttrain.models.forward import causal_lm, hidden_states, token_logps
 from posttrain.rollout.prompts import chat_prompts
-from posttrain.rollout.sampling import SamplingParams, sample
+from posttrain.rollout.sampling import SamplingParams, eos_ids, sample
 from posttrain.tasks.base import Problem
 
 PAIRWISE_TEMPLATE = (
@@ -52,6 +54,12 @@ PAIRWISE_TEMPLATE = (
     "following the request's instructions.\n\n[Request]\n{prompt}\n\n[Answer A]\n{first}\n\n[Answer B]\n{second}\n\n"
     "Which answer is better? Reply with one letter, A or B."
 )
+# chain-of-thought: the judge reasons after this question, then reads its verdict after COT_SUFFIX ("[[A]]", as in
+# MT-Bench's judge prompts)
+COT_TEMPLATE = PAIRWISE_TEMPLATE.replace("Which answer is better? Reply with one letter, A or B.",
+                                         "Compare the two answers step by step, then give your verdict as [[A]] or "
+                                         "[[B]].")
+COT_SUFFIX = "\n\nVerdict: [["
 YES_NO_TEMPLATE = ("[Request]\n{prompt}\n\n[Response]\n{response}\n\nIs this response {criterion}? Reply with one "
                    "word, yes or no.")
 SCORE_TEMPLATE = ("[Request]\n{prompt}\n\n[Response]\n{response}\n\nHow {criterion} is this response, from 1 (not at "
@@ -62,12 +70,16 @@ SCORE_TEMPLATE = ("[Request]\n{prompt}\n\n[Response]\n{response}\n\nHow {criteri
 class Verdict:
     """``probability``: P(first better than second); ``abstained``: the judge gives no preference (its probability
     is then not a label); ``consistent``: both presentation orders preferred the same response (pairwise LM judges
-    only, else None); ``orders``: P(first better) read in each order, (first shown first, second shown first)."""
+    only, else None); ``orders``: P(first better) read in each order, (first shown first, second shown first);
+    ``reasoning``: a chain-of-thought judge's reasoning in each order (same order); ``principle``: the constitution
+    principle whose question was asked (``ConstitutionalJudge``)."""
 
     probability: float
     abstained: bool = False
     consistent: bool | None = None
     orders: tuple[float, float] | None = None
+    reasoning: tuple[str, str] | None = None
+    principle: str | None = None
 
     @property
     def preferred(self) -> int | None:
@@ -81,8 +93,10 @@ class Verdict:
         return max(self.probability, 1.0 - self.probability)
 
     def to_dict(self) -> dict:
+        extra = {"reasoning": list(self.reasoning)} if self.reasoning else {}
         return {"probability": self.probability, "abstained": self.abstained, "consistent": self.consistent,
-                "orders": list(self.orders) if self.orders else None}
+                "orders": list(self.orders) if self.orders else None, **extra,
+                **({"principle": self.principle} if self.principle else {})}
 
 
 def within_band(probability: float, band: float) -> bool:
@@ -151,10 +165,19 @@ def _sequence_logps(model, tokenizer, prompt_ids, label_ids: list[list[int]], ba
 
 # ------------------------------------------------------------------------------------------------ LM judges
 class PairwiseJudge:
-    """A causal LM comparing two responses, both orders, verdict from its two label tokens (module docstring)."""
+    """A causal LM comparing two responses, both orders, verdict from its two label tokens (module docstring).
+    ``cot``: reason first (at most ``cot_max_new_tokens``, greedy), then read the labels after ``cot_suffix``;
+    ``template`` defaults to ``COT_TEMPLATE`` then, else ``PAIRWISE_TEMPLATE``."""
 
-    def __init__(self, model, tokenizer, template: str = PAIRWISE_TEMPLATE, labels: tuple[str, str] = ("A", "B"),
-                 abstain_band: float = 0.0, batch_size: int = 8):
+    def __init__(self, model, tokenizer, template: str | None = None, labels: tuple[str, str] = ("A", "B"),
+                 abstain_band: float = 0.0, batch_size: int = 8, cot: bool = False, cot_max_new_tokens: int = 128,
+                 cot_suffix: str = COT_SUFFIX):
+        if not isinstance(cot, bool):
+            raise ConfigError(f"pairwise judge cot: expected true or false, got {cot!r}")
+        if isinstance(cot_max_new_tokens, bool) or not isinstance(cot_max_new_tokens, int) or cot_max_new_tokens < 1:
+            raise ConfigError(f"pairwise judge cot_max_new_tokens: expected a whole number >= 1, got "
+                              f"{cot_max_new_tokens!r}")
+        template = template or (COT_TEMPLATE if cot else PAIRWISE_TEMPLATE)
         missing = [key for key in ("prompt", "first", "second") if f"{{{key}}}" not in template]
         if missing:
             raise ConfigError(f"pairwise judge template: must contain {{prompt}}, {{first}} and {{second}} "
@@ -163,22 +186,53 @@ class PairwiseJudge:
             raise ConfigError(f"pairwise judge labels {labels!r}: each must be a single token of the judge's tokenizer")
         self.model, self.tokenizer, self.template, self.labels = model, tokenizer, template, list(labels)
         self.abstain_band, self.batch_size = abstain_band, batch_size
+        self.cot, self.cot_max_new_tokens, self.cot_suffix = cot, cot_max_new_tokens, cot_suffix
 
     def log_odds(self, prompts: list[str], firsts: list[str], seconds: list[str]) -> torch.Tensor:
         """``(N,)``: m = log p(label 1) - log p(label 2) with the responses shown in the given order."""
+        return self.margins(prompts, firsts, seconds)[0]
+
+    def margins(self, prompts, firsts, seconds) -> tuple[torch.Tensor, list[str] | None]:
+        """The log-odds (``log_odds``) and, with ``cot``, the reasoning each was read after (else None)."""
         questions = [self.template.format(prompt=p, first=a, second=b) for p, a, b in zip(prompts, firsts, seconds)]
-        logps = label_logps(self.model, self.tokenizer, chat_prompts(self.tokenizer, questions), self.labels,
-                            self.batch_size)
-        return logps[:, 0] - logps[:, 1]
+        contexts, reasoning = chat_prompts(self.tokenizer, questions), None
+        if self.cot:
+            contexts, reasoning = self.reason(contexts)
+        logps = label_logps(self.model, self.tokenizer, contexts, self.labels, self.batch_size)
+        return logps[:, 0] - logps[:, 1], reasoning
+
+    def reason(self, prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[str]]:
+        """The judge's greedy reasoning after each question, ``batch_size`` questions decoded together: (question +
+        reasoning + ``cot_suffix`` token ids, where the verdict is read; the reasoning texts). The end-of-turn token
+        that closed the reasoning is left out, so the verdict continues the same reply."""
+        params = SamplingParams(max_new_tokens=self.cot_max_new_tokens, temperature=0.0)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            rollout = sample(self.model, self.tokenizer, prompt_ids, params, batch_size=self.batch_size)
+        finally:
+            self.model.train(was_training)
+        stop = set(eos_ids(self.model, self.tokenizer, params))
+        suffix = self.tokenizer(self.cot_suffix, add_special_tokens=False)["input_ids"]
+        contexts = []
+        for prompt, row, length in zip(prompt_ids, rollout.completion_ids.tolist(),
+                                       rollout.completion_lengths.tolist()):
+            tokens = row[:length]
+            while tokens and tokens[-1] in stop:
+                tokens.pop()
+            contexts.append(prompt + tokens + suffix)
+        return contexts, rollout.texts
 
     def __call__(self, prompts, firsts, seconds, problems=None) -> list[Verdict]:
         n = len(prompts)
-        margins = self.log_odds(list(prompts) * 2, list(firsts) + list(seconds), list(seconds) + list(firsts))
+        margins, reasoning = self.margins(list(prompts) * 2, list(firsts) + list(seconds),
+                                          list(seconds) + list(firsts))
         verdicts = []
-        for m1, m2 in zip(margins[:n].tolist(), margins[n:].tolist()):
+        for k, (m1, m2) in enumerate(zip(margins[:n].tolist(), margins[n:].tolist())):
             p = sigmoid((m1 - m2) / 2)
             verdicts.append(Verdict(p, within_band(p, self.abstain_band), (m1 > 0) == (-m2 > 0),
-                                    (sigmoid(m1), sigmoid(-m2))))
+                                    (sigmoid(m1), sigmoid(-m2)),
+                                    (reasoning[k], reasoning[n + k]) if reasoning else None))
         return verdicts
 
 

@@ -13,10 +13,15 @@ confidence max(p, 1 - p) is below ``min_confidence``, goes to ``dropped.jsonl`` 
 (prompt, completion, score = its Borda score) in ``best.jsonl``, kept only when its reward (``rewards``; the task's
 checker by default) reaches ``min_reward``, when set. Label -> SFT -> label with the new model ... are its rounds.
 
-Output folder: ``pairs.jsonl`` (prompt, chosen, rejected, probability = the judge's P(chosen better), consistent)
-or ``best.jsonl``, ``dropped.jsonl``, ``config.json`` and, last, ``evaluation.json`` (counts, mean confidence, and, when the prompts
-come from a task, how often the chosen completion is the checker's correct one: the labels' agreement with ground
-truth, which the labelling itself never reads). Every file is written atomically.
+Output folder: ``pairs.jsonl`` (prompt, chosen, rejected, probability = the judge's P(chosen better), consistent,
+and when the judge gives them ``principle`` and ``reasoning`` = [chosen shown first, rejected shown first]) or
+``best.jsonl``, ``dropped.jsonl``, ``config.json`` and, last, ``evaluation.json`` (counts, mean confidence, and, when
+the prompts come from a task, how often the chosen completion is the checker's correct one: the labels' agreement
+with ground truth, which the labelling itself never reads). Every file is written atomically.
+
+The RL stage of Constitutional AI (RL-CAI) is this with a constitution judge (``judge: {constitution: FILE}``): each
+pair is judged on a drawn principle's question, and ``evaluation.json`` adds ``principle_agreement`` (the drawn
+principle's checker, where it separates the two responses, accepts the chosen one).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from posttrain.errors import ConfigError
 from posttrain.io import atomic_write_text
 from posttrain.models import load_model
 from posttrain.models.specs import EMBEDDED_DEFAULT
+from posttrain.rollout.constitution import load_constitution, principle_agreement
 from posttrain.rollout.judge_specs import build_judge, judge_kind, load_causal_lm
 from posttrain.rollout.judges import Verdict, borda_scores
 from posttrain.rollout.prompts import chat_prompts
@@ -69,7 +75,7 @@ class LabelConfig:
     judge: dict[str, Any] = option(default_factory=lambda: {"pairwise": EMBEDDED_DEFAULT},
                                    help="the judge (posttrain.rollout.judge_specs): {pairwise: SPEC} | {pointwise: "
                                         "SPEC} | {reference_guided: SPEC} | {reward_model: PATH} | {rule: ...} | "
-                                        "{ensemble: [...]}")
+                                        "{constitution: FILE, model: SPEC} (RL-CAI) | {ensemble: [...]}")
     min_confidence: float = option(0.5, min=0.5, max=1.0, help="keep a pair only when the judge's max(p, 1 - p) "
                                                                 "reaches this; 0.5: every pair with a preference")
     rewards: list[dict[str, Any]] = option(default_factory=list, help="pairs: best: reward functions ({name: TASK} | "
@@ -115,12 +121,21 @@ def pair_rows(prompt: str, completions: list[str], verdicts: dict[tuple[int, int
     for (i, j), v in verdicts.items():
         if v.preferred is None or v.confidence < min_confidence:
             dropped.append({"prompt": prompt, "first": completions[i], "second": completions[j],
-                            "probability": v.probability, "abstained": v.preferred is None})
+                            "probability": v.probability, "abstained": v.preferred is None, **details(v)})
             continue
         chosen, rejected = (i, j) if v.preferred == 0 else (j, i)
         kept.append({"prompt": prompt, "chosen": completions[chosen], "rejected": completions[rejected],
-                     "probability": v.confidence, "consistent": v.consistent})
+                     "probability": v.confidence, "consistent": v.consistent, **details(v, swap=chosen == j)})
     return kept, dropped
+
+
+def details(verdict: Verdict, swap: bool = False) -> dict:
+    """What a judge said besides p, for inspection: the principle asked and the reasoning in each order (the first
+    of the row shown first, then the other; ``swap``: the row's first response was shown second)."""
+    out = {"principle": verdict.principle} if verdict.principle else {}
+    if verdict.reasoning:
+        out["reasoning"] = list(reversed(verdict.reasoning) if swap else verdict.reasoning)
+    return out
 
 
 def label_preferences(config: LabelConfig, callbacks=None) -> dict:
@@ -161,6 +176,8 @@ def label_preferences(config: LabelConfig, callbacks=None) -> dict:
         figures = {"n_pairs": len(kept), "n_dropped": len(dropped), "n_abstained": sum(r["abstained"] for r in dropped),
                    "mean_confidence": sum(r["probability"] for r in kept) / len(kept) if kept else None,
                    **checker_agreement(config, problems, kept)}
+        if judge_kind(config.judge) == "constitution":  # RL-CAI: the drawn principles' checkers measure the labels
+            figures.update(principle_agreement(load_constitution(config.judge["constitution"]), kept))
 
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "config.json", json.dumps(config_to_dict(config), indent=2) + "\n")

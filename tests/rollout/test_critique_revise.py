@@ -127,4 +127,4 @@ def test_the_shipped_safety_constitution_and_configs_load(monkeypatch):
     assert sl.revisions == 4 and Path(root / sl.prompts).is_file()
     stages = read_config_file(root / "configs/constitutional.yaml")["stages"]
     monkeypatch.chdir(root)  # the pipeline's stage files are relative to the repository
-    assert [s["name"] for s in check_stages(stages, "constitutional.yaml")] == ["revisions", "sft", "evaluation"]
+    assert [s["name"] for s in check_stages(stages, "constitutional.yaml")][:2] == ["revisions", "sft"]  # then RL-CAI

@@ -37,9 +37,10 @@ from posttrain.rollout.judge_specs import build_judge, judge_kind
 from posttrain.rollout.judges import Verdict
 from posttrain.tasks import Problem
 
-JUDGE_HELP = ("the judge: {pairwise: SPEC} (log-prob verdict, both orders), {pointwise: SPEC, criterion, mode}, "
-              "{reference_guided: SPEC, samples}, {reward_model: PATH}, {rule: TASK or 'module:fn'}, {ensemble: [...]}; "
-              "abstain_band for any (posttrain.rollout.judge_specs); a fixed judge keeps runs comparable")
+JUDGE_HELP = ("the judge: {pairwise: SPEC} (log-prob verdict, both orders; cot: true to reason first), {pointwise: "
+              "SPEC, criterion, mode}, {reference_guided: SPEC, samples}, {reward_model: PATH}, {rule: TASK or "
+              "'module:fn'}, {constitution: FILE, model: SPEC}, {ensemble: [...]}; abstain_band for any "
+              "(posttrain.rollout.judge_specs); a fixed judge keeps runs comparable")
 
 
 def context_judge(context: EvalContext, spec: dict):
