@@ -44,15 +44,18 @@ def main() -> None:
     from posttrain.models.loading import _embedded_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--formats", default="int8,int8-dynamic,int4")
+    parser.add_argument("--formats", default="int8,int8:linear,int8-dynamic,int4",
+                        help="comma-separated formats; FORMAT:linear quantizes the linear layers only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         folders = {"fp32": _embedded_dir()}
-        for fmt in args.formats.split(","):
-            folders[fmt] = Path(quantize("smollm2-135m-instruct", Path(tmp) / fmt, fmt))
+        for name in args.formats.split(","):  # FORMAT:linear keeps the embedding and head float (--keep-embeddings)
+            fmt, _, only = name.partition(":")
+            folders[name] = Path(quantize("smollm2-135m-instruct", Path(tmp) / name.replace(":", "_"), fmt,
+                                          embeddings=only != "linear"))
         models = {name: load_model(str(folder)) for name, folder in folders.items()}
         runs = {(name, batch): [] for name in models for batch in (1, 16)}
         for _ in range(args.repeats):

@@ -114,12 +114,13 @@ def upcycle(model: str, out: str | Path, experts: int = 4, top_k: int = 2, seed:
     return run(model, out, experts, top_k, seed, aux_loss_coef)
 
 
-def quantize(model: str | Path, out: str | Path, format: str = "int8", group_size: int | None = None) -> Path:
-    """Quantize a model folder's linear layers for inference with torchao (int8, int8-dynamic, int4) and write a
-    folder that loads like any model. See ``posttrain.models.quantize``."""
+def quantize(model: str | Path, out: str | Path, format: str = "int8", group_size: int | None = None,
+             embeddings: bool = True) -> Path:
+    """Quantize a model folder's linear layers and (``embeddings``) its token embedding for inference with torchao
+    (int8, int8-dynamic, int4) and write a folder that loads like any model. See ``posttrain.models.quantize``."""
     from posttrain.models.quantize import quantize_model
 
-    return quantize_model(model, out, format, group_size)
+    return quantize_model(model, out, format, group_size, embeddings)
 
 
 def push(model_dir: str | Path, repo_id: str, private: bool = False) -> str:

@@ -15,9 +15,16 @@ from posttrain.cli import evaluation, model_ops, training
 from posttrain.errors import PosttrainError
 
 
+# Import-time chatter of optional libraries that says nothing about the user's run (peft imports torchao when it is
+# installed, which warns about Triton and missing CUDA kernels on every command).
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args.command_function(args)
     except PosttrainError as exc:

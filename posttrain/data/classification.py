@@ -109,6 +109,9 @@ def encode_text(tokenizer, text: str, text_pair: str | None, max_length: int) ->
     ids = tokenizer(text if text_pair is None else f"{text}\n{text_pair}", add_special_tokens=True)["input_ids"]
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id != tokenizer.pad_token_id:
         ids = ids + [tokenizer.eos_token_id]
+    cls = getattr(tokenizer, "cls_token_id", None)
+    if len(ids) > max_length > 1 and cls is not None and ids[0] == cls:  # an encoder's [CLS] (first pooling) stays
+        return ids[:1] + ids[-(max_length - 1):]
     return ids[-max_length:]
 
 

@@ -20,8 +20,9 @@ class DistributedConfig:
     strategy: Literal["ddp", "fsdp"] = option("ddp", help="ddp: every process holds the whole model and its "
                                                           "optimizer state; gradients are summed over processes once "
                                                           "per step. fsdp: each process holds 1/N of the weights, "
-                                                          "gradients and AdamW state (FSDP2 per decoder layer; SFT "
-                                                          "and DPO, full or LoRA)")
+                                                          "gradients and AdamW state (FSDP2 per decoder layer; SFT, "
+                                                          "DPO, KTO, reward models, GRPO / RLOO / REINFORCE and "
+                                                          "PPO, full or LoRA)")
     timeout_s: float = option(600.0, min=1, help="seconds a collective waits for the other processes before the run "
                                                  "stops with an error naming the process that failed")
 

@@ -11,6 +11,9 @@ FSDP gathers the root's parameters around it, and after backward reduce-scatters
 straight into ``.grad``. Gradients are reduce-scattered as sums, not means: the engine's loss is already divided by the
 global item count (docs/distributed.md), so the summed shards are the single-process gradient.
 
+Sampling (GRPO's rollouts, greedy evaluation) runs inside ``full_weights``: every unit gathered once, for the whole
+loop, since each rank decodes a different number of tokens.
+
 Checkpoints: the weights and AdamW moments go through ``torch.distributed.checkpoint`` (DCP: each rank writes its
 shards into ``sharded/``), the rest as in every checkpoint (``posttrain.engine.checkpoint``); DCP reshards on load, so
 a checkpoint resumes in any number of processes, one included. ``final/`` is consolidated: at the end of training the
@@ -19,6 +22,7 @@ model is gathered back into plain full tensors (``unshard_model``) and saved as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import warnings
@@ -28,7 +32,7 @@ import torch
 
 from posttrain.engine import distributed
 from posttrain.errors import ConfigError
-from posttrain.models.forward import SHARDED_FORWARD, causal_lm, unsharded_token_logps
+from posttrain.models.forward import SHARDED_FORWARD, causal_lm
 
 SHARDED_DIR = "sharded"  # a checkpoint's DCP folder (its presence marks a sharded checkpoint)
 _GROUPS_FILE = "optimizer_groups.json"  # AdamW's parameter groups (learning rates), which DCP does not hold
@@ -38,48 +42,96 @@ def check(model, method, save_best: bool) -> None:
     """What FSDP does not run yet, refused before training with the setting to change."""
     name = type(method).__name__
     if not getattr(method, "fsdp", False):
-        raise ConfigError(f"distributed.strategy=fsdp: {name} is not tested under FSDP yet (SFT and DPO are); use "
-                          "distributed.strategy=ddp")
+        raise ConfigError(f"distributed.strategy=fsdp: {name} is not tested under FSDP yet (SFT, DPO, KTO, the reward "
+                          "model, GRPO, RLOO, REINFORCE and PPO are); use distributed.strategy=ddp")
     if save_best:
         raise ConfigError("distributed.strategy=fsdp does not write best/ yet: set save_best=false (final/ and the "
                           "checkpoints are written)")
-    if getattr(causal_lm(model), "is_loaded_in_4bit", False) or getattr(causal_lm(model), "is_loaded_in_8bit", False):
-        raise ConfigError("distributed.strategy=fsdp does not shard quantized weights: set quantization to none, or "
-                          "use distributed.strategy=ddp")
-    if not hasattr(causal_lm(model).get_decoder(), "layers"):
-        raise ConfigError(f"distributed.strategy=fsdp: {type(causal_lm(model)).__name__} has no decoder.layers to shard")
+    if not _language_models(model):
+        raise ConfigError(f"distributed.strategy=fsdp: {type(causal_lm(model)).__name__} holds no transformers model "
+                          "to shard")
+    for lm in _language_models(model):
+        if getattr(lm, "is_loaded_in_4bit", False) or getattr(lm, "is_loaded_in_8bit", False):
+            raise ConfigError("distributed.strategy=fsdp does not shard quantized weights: set quantization to none, "
+                              "or use distributed.strategy=ddp")
+        if not hasattr(lm.get_decoder(), "layers"):
+            raise ConfigError(f"distributed.strategy=fsdp: {type(lm).__name__} has no decoder.layers to shard")
+
+
+def _language_models(model) -> list:
+    """The transformers models in the engine's model: the model itself, or those it holds (PPO's policy and value
+    model, beside a value head)."""
+    top = causal_lm(model)
+    if hasattr(top, "get_decoder"):
+        return [top]
+    return [causal_lm(child) for child in top.children() if hasattr(causal_lm(child), "get_decoder")]
 
 
 def shard_model(model, autocast_dtype: torch.dtype | None) -> None:
-    """``fully_shard`` each decoder layer, then the root; gradients summed over ranks; the log-prob computation
-    registered as the root's forward method. On CUDA with bf16 autocast, FSDP gathers bf16 weights and reduces fp32
-    gradients (``MixedPrecisionPolicy``); on CPU everything stays fp32."""
+    """``fully_shard`` each decoder layer, then the root (for PPO: the policy's and the value model's layers, then
+    the module holding both, whose unit takes their embeddings, norms and heads and the value head); gradients summed
+    over ranks; ``as_root_forward`` (the log-prob and score computations) registered as the root's forward method,
+    also for the models inside it. On CUDA with bf16 autocast, FSDP gathers bf16 weights and reduces fp32 gradients
+    (``MixedPrecisionPolicy``); on CPU everything stays fp32."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    from torch.utils._pytree import tree_map_only
 
-    lm = causal_lm(model)
+    lm, parts = causal_lm(model), _language_models(model)
     device = next(lm.parameters()).device
     mesh = init_device_mesh(device.type, (distributed.world_size(),))
     policy = MixedPrecisionPolicy()
     if device.type == "cuda" and autocast_dtype is not None:
         policy = MixedPrecisionPolicy(param_dtype=autocast_dtype, reduce_dtype=torch.float32)
-    for layer in lm.get_decoder().layers:
-        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    for part in parts:
+        for layer in part.get_decoder().layers:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(lm, mesh=mesh, mp_policy=policy)
     for module in lm.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)  # a sum: each rank's loss is already over the global count
             module.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
 
-    def root_token_logps(batch, mask_key, with_entropy, chunk_size, temperature):
-        return unsharded_token_logps(model, batch, mask_key, with_entropy, chunk_size, temperature)
+    def root_forward(function, *args):  # posttrain.models.forward.as_root_forward: gathered around by FSDP's hooks
+        # FSDP attaches its pre-backward hook to the outputs, which an in-place op on a view would drop (it warns on
+        # views): the few (B, T) outputs that are views (unpacked log-probs, squeezed scores) are copied
+        return tree_map_only(torch.Tensor, lambda t: t.clone() if t._is_view() else t, function(*args))
 
-    lm.__dict__[SHARDED_FORWARD] = root_token_logps
+    lm.__dict__[SHARDED_FORWARD] = root_forward
     register_fsdp_forward_method(lm, SHARDED_FORWARD)
+    for part in parts:  # as_root_forward on the policy (a sampler, a LoRA reference) gathers the root too
+        part.__dict__[SHARDED_FORWARD] = lm.__dict__[SHARDED_FORWARD]
 
 
 def is_sharded(model) -> bool:
     return SHARDED_FORWARD in causal_lm(model).__dict__
+
+
+@contextlib.contextmanager
+def full_weights(model):
+    """Every unit's full weights on every rank for the duration (sampling, greedy evaluation), freed after; nothing
+    on a model that is not sharded. Generation runs a different number of forward passes on each rank (completions
+    end at different lengths), so it must not gather per pass: each unit is all-gathered once here (``unshard``, the
+    same collectives on every rank, in module order), and forwards meanwhile neither gather nor free
+    (``set_reshard_after_forward(False)``: the generic decoder calls the modules' own forwards; the Llama fast path
+    reads the gathered weights directly). Costs the whole model's weights per rank while it lasts."""
+    if not is_sharded(model):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    root = causal_lm(model).__dict__[SHARDED_FORWARD].__self__  # the module whose unit holds the embedding and head
+    modules = [root, *(m for m in causal_lm(model).modules() if isinstance(m, FSDPModule) and m is not root)]
+    for module in modules:
+        module.set_reshard_after_forward(False, recurse=False)
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.reshard()
+            # FSDP's defaults: a layer frees its weights after forward, the root keeps them until backward
+            module.set_reshard_after_forward(module is not root, recurse=False)
 
 
 def full_value(tensor: torch.Tensor) -> torch.Tensor:
@@ -117,7 +169,8 @@ def unshard_model(model) -> None:
                            *group._module_to_pre_load_state_dict_hook_handle.values()):
                 handle.remove()
         module.__class__ = next(c for c in type(module).__mro__[1:] if not issubclass(c, FSDPModule))
-    del lm.__dict__[SHARDED_FORWARD]
+    for part in (lm, *_language_models(model)):
+        part.__dict__.pop(SHARDED_FORWARD, None)
 
 
 def missing_passes(passes: int) -> int:
@@ -191,6 +244,9 @@ def read_full_checkpoint(directory: Path, model, optimizer) -> None:
                                  src_data_rank=None)  # every rank holds the full tensor: no communication
 
     lm = causal_lm(model)
+    if not hasattr(lm, "config"):  # PPO's policy and critic: saved as separate files
+        raise ConfigError(f"resume_from={directory}: a single-process {type(lm).__name__} checkpoint does not resume "
+                          "under distributed.strategy=fsdp yet; resume it with distributed.strategy=ddp")
     if not (directory / "model.safetensors").is_file():  # a LoRA adapter: peft's names, not the sharded model's
         raise ConfigError(f"resume_from={directory}: a single-process LoRA checkpoint does not resume under "
                           "distributed.strategy=fsdp yet; resume it with distributed.strategy=ddp")

@@ -308,9 +308,10 @@ class Engine:
             for name, value in out.metrics.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
         for _ in range(extra_passes):
+            batch = self._to_device(self.method.collate(self.eval_examples[:1], self.pad_token_id))
             with self._autocast():
-                self.method.loss(self.model, self._to_device(self.method.collate(self.eval_examples[:1],
-                                                                                 self.pad_token_id)))
+                self.method.prepare_step(self.model, [batch], step)  # its passes too (KTO's z0), as for a real batch
+                self.method.loss(self.model, batch)
         self.model.train(was_training)
         if distributed.world_size() > 1:
             sums = distributed.sum_over_ranks(dict(sums, eval_loss_sum=loss_sum, eval_items=items))

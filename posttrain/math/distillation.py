@@ -146,15 +146,54 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * soft + (1 - alpha) * hard
 
 
+def cached_token_divergence(student_logits: torch.Tensor, teacher_bin_logps: torch.Tensor,
+                            teacher_indices: torch.Tensor, divergence: str = "forward_kl", beta: float = 0.5,
+                            temperature: float = 1.0) -> torch.Tensor:
+    """T^2 D between a teacher's stored top-k bins (``top_k_teacher`` at temperature T: an offline cache) and the
+    student collapsed onto the same bins; equals ``token_divergence(..., teacher_top_k=k)`` on the live teacher.
+
+    Shapes: student logits ``(N, V)``, teacher bin log-probs ``(N, k + 1)``, teacher indices ``(N, k)`` -> ``(N,)``."""
+    student_logps = torch.log_softmax(_upcast(student_logits) / temperature, dim=-1)
+    student_bins = collapse_to_bins(student_logps, teacher_indices.long())
+    return temperature ** 2 * DIVERGENCES[divergence](student_bins, teacher_bin_logps, beta)
+
+
+@torch.no_grad()
+def chunked_top_k_teacher(teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor, teacher_top_k: int,
+                          temperature: float = 1.0, teacher_bias: torch.Tensor | None = None,
+                          chunk_size: int = DEFAULT_DISTILL_CHUNK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """``top_k_teacher`` of softmax(z^t / T) from hidden states, a chunk of rows at a time (what an offline cache
+    stores). Shapes: ``(N, H)``, ``(V, H)`` -> bin log-probs ``(N, k + 1)`` in >= fp32 and indices ``(N, k)``."""
+    project = _teacher_logits(teacher_hidden, teacher_weight, teacher_bias)
+    k = min(teacher_top_k, teacher_weight.shape[0])
+    parts = [top_k_teacher(torch.log_softmax(project(start, min(start + chunk_size, teacher_hidden.shape[0]))
+                                             / temperature, dim=-1), k)
+             for start in range(0, teacher_hidden.shape[0], chunk_size)]
+    if not parts:
+        dtype = _upcast_dtype(teacher_hidden.dtype)
+        return teacher_hidden.new_zeros(0, k + 1, dtype=dtype), teacher_hidden.new_zeros(0, k, dtype=torch.long)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _teacher_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """rows [start, stop) -> their teacher logits ``(stop - start, V)`` in >= fp32 (the live teacher of a chunk)."""
+    proj = weight.to(_matmul_dtype(hidden))
+    return lambda start, stop: _upcast(_project(hidden[start:stop].to(proj.dtype), proj, bias))
+
+
 class DistillationLoss(NamedTuple):
     loss_sum: torch.Tensor  # scalar sum_t [alpha T^2 D_t - (1 - alpha) log q(y_t)], differentiable w.r.t. the student
     divergence: torch.Tensor  # (N,) T^2 D(p_t, q_t), no gradient (a metric)
     logps: torch.Tensor  # (N,) log q(y_t) at T = 1, no gradient (a metric)
 
 
-def _chunk_terms(student_logits, teacher_logits, targets, divergence, beta, temperature, teacher_top_k):
-    """One chunk's per-row divergence and label log-prob, from its logits."""
-    div = token_divergence(student_logits, teacher_logits, divergence, beta, temperature, teacher_top_k)
+def _chunk_terms(student_logits, teacher, targets, divergence, beta, temperature, teacher_top_k):
+    """One chunk's per-row divergence and label log-prob, from its logits; ``teacher``: its logits, or its cached
+    (bin log-probs, indices)."""
+    if isinstance(teacher, tuple):
+        div = cached_token_divergence(student_logits, *teacher, divergence, beta, temperature)
+    else:
+        div = token_divergence(student_logits, teacher, divergence, beta, temperature, teacher_top_k)
     logps = student_logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(student_logits, dim=-1)
     return div, logps
 
@@ -166,7 +205,7 @@ class _ChunkedDistillationLoss(torch.autograd.Function):
     function. Between forward and backward it keeps the (N, H) and (V, H) gradients, never a (N, V) tensor."""
 
     @staticmethod
-    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, options, want_grad, in_place):
+    def forward(ctx, s_hidden, s_weight, s_bias, teacher_chunk, targets, options, want_grad, in_place):
         n, alpha = s_hidden.shape[0], options["alpha"]
         dtype = _upcast_dtype(s_hidden.dtype)
         div, logps = s_hidden.new_empty(n, dtype=dtype), s_hidden.new_empty(n, dtype=dtype)
@@ -178,13 +217,13 @@ class _ChunkedDistillationLoss(torch.autograd.Function):
             grad_w = torch.zeros_like(s_weight, dtype=_upcast_dtype(s_weight.dtype))
         if want_grad and s_bias is not None and s_bias.requires_grad:
             grad_b = torch.zeros_like(s_bias, dtype=_upcast_dtype(s_bias.dtype))
-        s_proj, t_proj = s_weight.to(_matmul_dtype(s_hidden)), t_weight.to(_matmul_dtype(t_hidden))
+        s_proj = s_weight.to(_matmul_dtype(s_hidden))
         terms = {k: options[k] for k in ("divergence", "beta", "temperature", "teacher_top_k")}
         for start in range(0, n, options["chunk_size"]):
             stop = min(start + options["chunk_size"], n)
             h = s_hidden[start:stop].to(s_proj.dtype)
             s_logits = _upcast(_project(h, s_proj, s_bias))  # (n_chunk, V)
-            t_logits = _upcast(_project(t_hidden[start:stop].to(t_proj.dtype), t_proj, t_bias))
+            t_logits = teacher_chunk(start, stop)  # its logits, or its cached top-k bins
             if not want_grad:
                 div[start:stop], logps[start:stop] = _chunk_terms(s_logits, t_logits, targets[start:stop], **terms)
                 continue
@@ -221,7 +260,7 @@ class _ChunkedDistillationLoss(torch.autograd.Function):
                 grad_w = grad_w.to(ctx.dtypes[0])
         if grad_b is not None:
             grad_b = grad_b.mul_(grad_loss.to(grad_b.dtype)).to(ctx.dtypes[1])
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def chunked_distillation_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor,
@@ -239,20 +278,50 @@ def chunked_distillation_loss(student_hidden: torch.Tensor, student_weight: torc
     weight and bias only (the teacher is a constant). The gradient is computed during the forward pass (when grad is
     enabled and the student needs one), so call backward once. ``accumulate_grad_in_place``: as
     ``chunked_token_logps``."""
-    if student_hidden.dim() != 2 or teacher_hidden.shape[0] != student_hidden.shape[0] or \
-            targets.shape != student_hidden.shape[:1]:
-        raise ValueError(f"expected hidden states (N, H) for both models and targets (N,), got "
-                         f"{tuple(student_hidden.shape)}, {tuple(teacher_hidden.shape)} and {tuple(targets.shape)}")
+    if teacher_hidden.shape[0] != student_hidden.shape[0]:
+        raise ValueError(f"expected hidden states (N, H) for both models, got {tuple(student_hidden.shape)} and "
+                         f"{tuple(teacher_hidden.shape)}")
     if student_weight.shape[0] != teacher_weight.shape[0]:
         raise ValueError(f"student head has {student_weight.shape[0]} tokens, teacher head {teacher_weight.shape[0]}:"
                          " distillation needs one vocabulary")
+    detach = (lambda t: None if t is None else t.detach())
+    teacher_chunk = _teacher_logits(teacher_hidden.detach(), teacher_weight.detach(), detach(teacher_bias))
+    return _chunked(student_hidden, student_weight, student_bias, teacher_chunk, targets, alpha, divergence, beta,
+                    temperature, teacher_top_k, chunk_size, accumulate_grad_in_place)
+
+
+def chunked_cached_distillation_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor,
+                                     teacher_bin_logps: torch.Tensor, teacher_indices: torch.Tensor,
+                                     targets: torch.Tensor, alpha: float = 1.0, divergence: str = "forward_kl",
+                                     beta: float = 0.5, temperature: float = 1.0,
+                                     student_bias: torch.Tensor | None = None,
+                                     chunk_size: int = DEFAULT_DISTILL_CHUNK_SIZE,
+                                     accumulate_grad_in_place: bool = False) -> DistillationLoss:
+    """``chunked_distillation_loss`` against a teacher given by its cached top-k bins (``chunked_top_k_teacher`` at the
+    same T) instead of its hidden states: offline KD, no teacher in memory. Equals the live loss with
+    ``teacher_top_k = k``. Shapes: student ``(N, H)``, ``(V, H)``; teacher ``(N, k + 1)``, ``(N, k)``; targets
+    ``(N,)``."""
+    if teacher_bin_logps.shape[0] != student_hidden.shape[0] or \
+            teacher_indices.shape != (teacher_bin_logps.shape[0], teacher_bin_logps.shape[-1] - 1):
+        raise ValueError(f"expected teacher bins (N, k + 1) and indices (N, k) for N = {student_hidden.shape[0]} rows,"
+                         f" got {tuple(teacher_bin_logps.shape)} and {tuple(teacher_indices.shape)}")
+    bins, indices = teacher_bin_logps.detach(), teacher_indices.detach().long()
+    return _chunked(student_hidden, student_weight, student_bias, lambda start, stop: (bins[start:stop],
+                    indices[start:stop]), targets, alpha, divergence, beta, temperature, 0, chunk_size,
+                    accumulate_grad_in_place)
+
+
+def _chunked(student_hidden, student_weight, student_bias, teacher_chunk, targets, alpha, divergence, beta,
+             temperature, teacher_top_k, chunk_size, accumulate_grad_in_place) -> DistillationLoss:
+    if student_hidden.dim() != 2 or targets.shape != student_hidden.shape[:1]:
+        raise ValueError(f"expected student hidden states (N, H) and targets (N,), got {tuple(student_hidden.shape)} "
+                         f"and {tuple(targets.shape)}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}: expected one of {', '.join(DIVERGENCES)}")
     student = [student_hidden, student_weight] + ([student_bias] if student_bias is not None else [])
     want_grad = torch.is_grad_enabled() and any(t.requires_grad for t in student)
     options = {"alpha": float(alpha), "divergence": divergence, "beta": float(beta), "temperature": float(temperature),
                "teacher_top_k": int(teacher_top_k), "chunk_size": int(chunk_size)}
-    detach = (lambda t: None if t is None else t.detach())
     return DistillationLoss(*_ChunkedDistillationLoss.apply(
-        student_hidden, student_weight, student_bias, teacher_hidden.detach(), teacher_weight.detach(),
-        detach(teacher_bias), targets.long(), options, want_grad, accumulate_grad_in_place))
+        student_hidden, student_weight, student_bias, teacher_chunk, targets.long(), options, want_grad,
+        accumulate_grad_in_place))

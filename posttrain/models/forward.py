@@ -15,6 +15,7 @@ import torch
 
 from posttrain.math.logprobs import DEFAULT_CHUNK_SIZE, TokenLogps, grad_buffer, sequence_token_logps
 from posttrain.models.lora import is_peft_model
+from posttrain.models.quantize import dequantized
 
 
 def causal_lm(model):
@@ -111,16 +112,21 @@ def token_logps(
     A batch with ``packed_*`` keys (``posttrain.data.shared_prompts.with_shared_prompts``: completions sharing their
     prompt) runs the model on the packed rows and returns the values in the padded layout.
 
-    A model sharded by FSDP (``posttrain.engine.fsdp``) carries this computation as a forward method of its root
-    module (``SHARDED_FORWARD``), so that FSDP gathers the embedding, final norm and head around it and
-    reduce-scatters their gradients after backward."""
+    A model sharded by FSDP (``posttrain.engine.fsdp``) runs this computation as a forward of its root module
+    (``as_root_forward``)."""
+    return as_root_forward(model, unsharded_token_logps, model, batch, mask_key, with_entropy, chunk_size, temperature)
+
+
+SHARDED_FORWARD = "posttrain_root_forward"  # the root module's FSDP forward method, when the model is sharded
+
+
+def as_root_forward(model, function, *args):
+    """``function(*args)``. On a model sharded by FSDP (``posttrain.engine.fsdp``) it runs as a forward method of the
+    root module (``SHARDED_FORWARD``): posttrain calls the decoder and the heads itself, never the model's own
+    ``forward``, so this is what makes FSDP gather the root's weights (input embedding, final norm, output or score
+    head) around the computation and reduce-scatter their gradients after backward."""
     sharded = causal_lm(model).__dict__.get(SHARDED_FORWARD)
-    if sharded is not None:
-        return sharded(batch, mask_key, with_entropy, chunk_size, temperature)
-    return unsharded_token_logps(model, batch, mask_key, with_entropy, chunk_size, temperature)
-
-
-SHARDED_FORWARD = "posttrain_token_logps"  # the root module's FSDP forward method, when the model is sharded
+    return function(*args) if sharded is None else sharded(function, *args)
 
 
 def unsharded_token_logps(model, batch, mask_key="loss_mask", with_entropy=False, chunk_size=DEFAULT_CHUNK_SIZE,
@@ -168,6 +174,6 @@ def logps_from_hidden(
     if temperature != 1.0:
         hidden, bias = hidden / temperature, None if bias is None else bias / temperature
     return sequence_token_logps(
-        hidden, head.weight, batch["input_ids"], batch[mask_key], bias, chunk_size, with_entropy,
+        hidden, dequantized(head.weight), batch["input_ids"], batch[mask_key], bias, chunk_size, with_entropy,
         accumulate_grad_in_place=True,
     )

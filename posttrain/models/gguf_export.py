@@ -23,10 +23,12 @@ from posttrain.models.tensor_files import TensorReader
 log = logging.getLogger(__name__)
 
 # format -> (GGML type of the 2-D weights, llama.cpp file type); 1-D tensors (norms) stay F32 as llama.cpp keeps them.
-# Q4_K and the other k-quants: gguf's Python package dequantizes them but cannot quantize (llama-quantize can).
 FORMATS = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
            "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1"), "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
            "q4_1": ("Q4_1", "MOSTLY_Q4_1"), "q4_0": ("Q4_0", "MOSTLY_Q4_0")}
+# The k-quants: gguf's Python package (0.19.0, its newest release) reads them but has no quantizer for them
+# (`gguf.quants.Q4_K` defines dequantize_blocks only); llama.cpp's C++ `llama-quantize` writes them from our f16 file.
+K_QUANTS = ("q2_k", "q3_k", "q4_k", "q4_k_m", "q4_k_s", "q5_k", "q5_k_m", "q5_k_s", "q6_k")
 
 
 def export_gguf(model_dir: str | Path, out_file: str | Path, fmt: str = "f16",
@@ -40,6 +42,10 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, fmt: str = "f16",
     model_dir, out_file = Path(model_dir), Path(out_file)
     if not model_dir.is_dir():
         raise ConfigError(f"--model {model_dir}: no such folder (expected a Hugging Face model folder)")
+    if fmt.lower() in K_QUANTS:
+        raise ConfigError(f"--gguf {fmt}: the gguf package (version {_version('gguf')}) can read k-quants but not "
+                          f"write them; export --gguf f16 and run llama.cpp's `llama-quantize MODEL-f16.gguf "
+                          f"MODEL-{fmt.lower()}.gguf {fmt.upper()}`, or use --gguf q4_0 / q4_1 / q5_0 / q8_0 here")
     if fmt not in FORMATS:
         raise ConfigError(f"--gguf {fmt!r}: expected one of {', '.join(FORMATS)}")
     if (model_dir / "adapter_config.json").is_file():
@@ -81,6 +87,15 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, fmt: str = "f16",
     writer.close()
     tmp.replace(out_file)
     return out_file
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _read_config(model_dir: Path) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from posttrain.errors import ModelLoadError
-from posttrain.models.forward import causal_lm, hidden_states
+from posttrain.models.forward import as_root_forward, causal_lm, hidden_states
 from posttrain.models.loading import (
     _embedded_dir,
     build_tiny_model,
@@ -134,7 +134,12 @@ def apply_reward_lora(model, settings: LoraSettings, gradient_checkpointing: boo
 # ------------------------------------------------------------------------------------------------------ scoring
 def sequence_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """r(x, y): the score head at each row's last position with ``attention_mask`` = 1, ``(B,)`` float32.
-    Right or left padding; padded rows score what they score alone (causal attention: later pads change nothing)."""
+    Right or left padding; padded rows score what they score alone (causal attention: later pads change nothing).
+    Under FSDP it runs as a forward of the sharded root, which holds the embedding and the score head."""
+    return as_root_forward(model, _sequence_scores, model, batch)
+
+
+def _sequence_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     hidden = hidden_states(model, batch)  # (B, T, H)
     mask = batch["attention_mask"]
     positions = torch.arange(mask.shape[1], device=mask.device)

@@ -1,10 +1,11 @@
 """Verifiable tasks: seeded problem generators with disjoint train/eval splits, and programs that check completions.
 
-Tasks: `arithmetic`, `word_problems`, `constraints`, `verbosity` (see docs/tasks.md). Each task's checker is a reward
-function; weighting it with others (user callables, reward models) is `posttrain.rollout.rewards`. Standard library
-only.
+Tasks: `arithmetic`, `word_problems`, `constraints`, `verbosity`, `long_addition` (see docs/tasks.md). Each task's
+checker is a reward function; weighting it with others (user callables, reward models) is `posttrain.rollout.rewards`.
+Standard library only.
 """
 
+from posttrain.tasks.addition import LongAdditionTask
 from posttrain.tasks.arithmetic import ArithmeticTask, extract_answer, parse_answer
 from posttrain.tasks.base import Problem, RewardFn, Task, split_of
 from posttrain.tasks.constraints import ConstraintsTask, check_constraint
@@ -16,6 +17,7 @@ __all__ = [
     "TASKS",
     "ArithmeticTask",
     "ConstraintsTask",
+    "LongAdditionTask",
     "Problem",
     "RewardFn",
     "Task",

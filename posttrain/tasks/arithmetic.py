@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 from posttrain.errors import ConfigError
 from posttrain.tasks.base import Problem, Task, check_fraction
+from posttrain.tasks.steps import check_steps
 
 INSTRUCTION = "Reply with the final answer as 'The answer is N.'"
+DIRECT_INSTRUCTION = "Give only the final answer as 'The answer is N.'"  # the no-reasoning prompts of CoT experiments
 OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 # A number: an optional minus sign (ASCII or U+2212) that does not follow a word character or ")" (so "47-18" is
@@ -120,6 +122,11 @@ class NumericTask(Task):
 
     def is_correct(self, problem: Problem, completion: str) -> bool:
         return extract_answer(completion) == _parse_number(problem.answer)
+
+    def check_steps(self, problem: Problem, completion: str) -> tuple[int, int]:
+        """``(correct, written)`` intermediate equations of a completion (`posttrain.tasks.steps`); a task with a
+        stricter step check (`long_addition`'s columns) overrides it."""
+        return check_steps(completion)
 
 
 @dataclass

@@ -73,6 +73,11 @@ class Task:
         """One problem from the generator (either split); `problems` filters by split and removes repeats."""
         raise NotImplementedError
 
+    def draw_at(self, rng: random.Random, index: int) -> Problem:
+        """The draw for position `index` of a `problems` list: `draw` by default; a task that balances its lists over
+        a property (word problems over their number of steps, additions over their digits) cycles it by index."""
+        return self.draw(rng)
+
     def reward(self, problem: Problem, completion: str) -> float:
         """The reward of one completion, in [0, 1]."""
         raise NotImplementedError
@@ -98,7 +103,7 @@ class Task:
                     f"task {self.name!r}: found only {len(out)} distinct {split} problems of the {n} asked for in "
                     f"{max_attempts} draws; the options allow too few problems (ask for fewer, or widen the options)"
                 )
-            problem = self.draw(rng)
+            problem = self.draw_at(rng, len(out))
             if problem.key in seen or split_of(problem.split_key) != split:
                 continue
             seen.add(problem.key)

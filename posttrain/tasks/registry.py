@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from posttrain.errors import ConfigError
+from posttrain.tasks.addition import LongAdditionTask
 from posttrain.tasks.arithmetic import ArithmeticTask
 from posttrain.tasks.base import Task
 from posttrain.tasks.constraints import ConstraintsTask
@@ -12,7 +13,7 @@ from posttrain.tasks.verbosity import VerbosityTask
 from posttrain.tasks.word_problems import WordProblemsTask
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (ArithmeticTask, WordProblemsTask, ConstraintsTask, VerbosityTask)
+    cls.name: cls for cls in (ArithmeticTask, WordProblemsTask, ConstraintsTask, VerbosityTask, LongAdditionTask)
 }
 
 

@@ -4,16 +4,24 @@ whose answer is a positive integer; chain-of-thought friendly (the prompt invite
 partial credit by default: a number close to the answer of a multi-step problem is usually a wrong method.
 
 meta["solution"] holds a worked solution, one equation per step, usable as an SFT completion.
+
+With ``num_steps`` (e.g. ``[2, 3, 4, 5, 6]``) the problems are chained stories instead of the templates, with exactly
+that many equations (`posttrain.tasks.story_chains`), the step counts taken in turn so that any list of problems is
+balanced over them; without it (the default) the problems are the templates', unchanged. ``format: direct`` asks
+for the answer alone (``DIRECT_INSTRUCTION``; meta["solution"] is then "The answer is N."): the same problems, for
+the direct-answer arm of a CoT experiment.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from posttrain.errors import ConfigError
-from posttrain.tasks.arithmetic import NumericTask
+from posttrain.tasks.arithmetic import DIRECT_INSTRUCTION, NumericTask
 from posttrain.tasks.base import Problem
+from posttrain.tasks.story_chains import chained_story
 
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jade", "Kofi", "Lena"]
 ITEMS = ["apples", "books", "coins", "marbles", "pencils", "stickers", "cards", "shells"]
@@ -116,24 +124,52 @@ TEMPLATES = {"shopping": _shopping_total, "change": _shopping_change, "ages": _a
 
 @dataclass
 class WordProblemsTask(NumericTask):
-    """Templates named in `templates` (default all of TEMPLATES) drawn uniformly."""
+    """Templates named in `templates` (default all of TEMPLATES) drawn uniformly; or, with `num_steps`, chained
+    stories of exactly that many steps, taken in turn."""
 
     name = "word_problems"
     partial_credit: float = 0.0
-    instruction: str = INSTRUCTION
+    instruction: str | None = None  # None: the format's
     templates: tuple = tuple(TEMPLATES)
+    num_steps: tuple | None = None
+    format: Literal["cot", "direct"] = "cot"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.format not in ("cot", "direct"):
+            raise ConfigError(f"task 'word_problems': format must be cot or direct, got {self.format!r}")
+        if self.instruction is None:
+            self.instruction = INSTRUCTION if self.format == "cot" else DIRECT_INSTRUCTION
         self.templates = tuple(self.templates)
         unknown = [t for t in self.templates if t not in TEMPLATES]
         if unknown or not self.templates:
             raise ConfigError(f"task 'word_problems': templates must be a non-empty list from {list(TEMPLATES)}, "
                               f"got {list(self.templates)}")
+        if self.num_steps is not None:
+            steps = [self.num_steps] if isinstance(self.num_steps, int) else list(self.num_steps)
+            if not steps or not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 10 for k in steps):
+                raise ConfigError(f"task 'word_problems': num_steps must be a non-empty list of integers in 1..10 "
+                                  f"(e.g. [2, 3, 4, 5, 6]), got {self.num_steps!r}")
+            self.num_steps = tuple(steps)
+
+    def draw_at(self, rng: random.Random, index: int) -> Problem:
+        if self.num_steps is None:
+            return self.draw(rng)
+        return self._chained(rng, self.num_steps[index % len(self.num_steps)])
 
     def draw(self, rng: random.Random) -> Problem:
+        if self.num_steps is not None:
+            return self._chained(rng, rng.choice(self.num_steps))
         template = rng.choice(self.templates)
         text, steps, answer = TEMPLATES[template](rng)
+        return self._problem(text, steps, answer, template)
+
+    def _chained(self, rng: random.Random, steps: int) -> Problem:
+        return self._problem(*chained_story(rng, steps, NAMES, ITEMS), "chain")
+
+    def _problem(self, text: str, steps: list[str], answer: int, template: str) -> Problem:
         solution = " ".join(f"{step}." for step in steps) + f" The answer is {answer}."
+        if self.format == "direct":
+            solution = f"The answer is {answer}."
         meta = {"key": text, "template": template, "steps": steps, "solution": solution}
         return Problem(self.prompt(text), str(answer), meta)

@@ -1,5 +1,6 @@
-"""Sequence classification and regression: a causal LM's decoder, a pooling of its hidden states and a linear head,
-trained on labelled text (the LoopOS guide's first method; Howard & Ruder 2018, Radford et al. 2018).
+"""Sequence classification and regression: a causal LM's decoder (or an encoder, BERT-like), a pooling of its hidden
+states and a linear head, trained on labelled text (the LoopOS guide's first method; Howard & Ruder 2018, Radford et
+al. 2018).
 
     z_i = W pool(h_theta(x_i)) (+ hidden layer)        (B, K) logits, posttrain.models.classifier
     single label (K >= 2): L = (1/B) sum_i CE(z_i, y_i)   (class weights, label smoothing)
@@ -49,11 +50,11 @@ from posttrain.math.classification_metrics import (
     regression_metrics,
 )
 from posttrain.models.classifier import (
-    HEAD_FILE,
     ClassifierSpec,
     SequenceClassifier,
     build_classifier,
     load_classifier,
+    load_head_files,
     save_classifier,
 )
 from posttrain.trainers.common import (
@@ -193,10 +194,7 @@ class ClassifierFiles:
 
     def load(self, directory: Path) -> None:
         load_model_weights(self.classifier.model, directory)
-        if self.classifier.hidden is not None:
-            from safetensors.torch import load_file
-
-            self.classifier.hidden.load_state_dict(load_file(directory / HEAD_FILE))
+        load_head_files(self.classifier, directory)
 
 
 def train_classify(config: ClassifyConfig, callbacks=None) -> dict:

@@ -224,7 +224,8 @@ def training_card(config: PolicyTrainingConfig, evaluation: dict) -> str:
                                   + evaluation_table(evaluation["metrics"], evaluation.get("baseline")))
     sections["Reproduce"] = ("Save as `config.json` and run `posttrain train config.json`:\n\n```json\n"
                              + json.dumps(settings, indent=2) + "\n```")
-    return model_card(f"{config.method.upper()} of {config.model}",
-                      f"`{config.model}` post-trained with posttrain's `{config.method}`.", base_model=config.model,
+    name = config.model or evaluation.get("model")  # distillation's pruned student has no model spec
+    return model_card(f"{config.method.upper()} of {name}",
+                      f"`{name}` post-trained with posttrain's `{config.method}`.", base_model=config.model,
                       tags=[config.method, "lora" if config.lora.enabled else "full-fine-tuning"], sections=sections)
 

@@ -26,6 +26,7 @@ Algorithm:
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -36,9 +37,20 @@ from posttrain.config import option
 from posttrain.data import collate_sequences, load_examples
 from posttrain.errors import ConfigError
 from posttrain.rollout import SamplingParams, sample
-from posttrain.trainers.common import load_policy, train_and_save, write_evaluation
-from posttrain.trainers.distill import DistillConfig, DistillMethod, distill_evaluation, load_teacher
+from posttrain.tasks import Problem, extract_answer, get_task
+from posttrain.tasks.arithmetic import NumericTask
+from posttrain.trainers.common import train_and_save, write_evaluation
+from posttrain.trainers.distill import (
+    DistillConfig,
+    DistillMethod,
+    distill_evaluation,
+    load_student,
+    load_teacher,
+    student_name,
+)
 from posttrain.trainers.rl import rollout_seed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,6 +71,20 @@ class GKDConfig(DistillConfig):
                                                             "completions; 0: greedy")
     top_p: float = option(1.0, min=0, max=1, help="nucleus sampling of the completions; 1: off")
     stop_strings: list[str] = option(default_factory=list, help="strings that end a completion (besides EOS)")
+    seq_kd_checker: str | None = option(None, help="seq_kd: keep only the teacher's completions that this task's "
+                                                   "checker accepts against the answer of the data's own completion "
+                                                   "(a numeric task: arithmetic, word_problems, long_addition); the "
+                                                   "others carry no loss. Kept and dropped counts are logged")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.seq_kd_checker is not None:
+            if not self.seq_kd:
+                raise ConfigError("seq_kd_checker filters the teacher's completions: it needs seq_kd: true")
+            if not isinstance(get_task(self.seq_kd_checker), NumericTask):
+                raise ConfigError(f"seq_kd_checker: task {self.seq_kd_checker!r} checks against a problem spec the "
+                                  "data rows do not carry; use a task with a numeric answer (arithmetic, "
+                                  "word_problems, long_addition)")
 
 
 class GKDMethod(DistillMethod):
@@ -68,6 +94,8 @@ class GKDMethod(DistillMethod):
         super().__init__(teacher, config)
         self.tokenizer = tokenizer
         self.metrics: dict[str, float] = {}
+        self.checker = get_task(config.seq_kd_checker) if config.seq_kd_checker else None
+        self.checked = {"kept": 0, "dropped": 0}  # teacher completions over the run (resumed with the checkpoint)
 
     def prepare_step(self, model, micro_batches: list[dict[str, torch.Tensor]], step: int) -> None:
         if not model.training:  # held-out evaluation scores the data's own completions
@@ -80,13 +108,22 @@ class GKDMethod(DistillMethod):
         params = SamplingParams(self.config.max_new_tokens, self.config.generation_temperature, self.config.top_p,
                                 stop_strings=tuple(self.config.stop_strings), seed=rollout_seed(self.config.seed, step))
         generation_s, generated = 0.0, 0
+        checked = source is self.teacher and self.checker is not None
+        if checked:
+            self.metrics.update(kd_kept=0.0, kd_dropped=0.0)
         for batch in micro_batches:
             prompts = prompt_ids(batch)
+            references = reference_texts(batch, self.tokenizer) if checked else None
             rollout = sample(source, self.tokenizer, prompts, params)
             params.prompt_offset += len(prompts)  # each micro-batch's prompts draw their own random streams
             lengths = rollout.completion_mask.sum(-1).tolist()
             rows = collate_sequences([(p, rollout.completion_ids[i, : lengths[i]].tolist())
                                       for i, p in enumerate(prompts)], self.tokenizer.pad_token_id)
+            if checked:  # a rejected completion stays in the batch (shapes unchanged) but carries no loss
+                accepted = checker_accepts(self.checker, references, rollout.texts)
+                rows["loss_mask"][~torch.tensor(accepted)] = 0
+                self.metrics["kd_kept"] += sum(accepted)
+                self.metrics["kd_dropped"] += len(accepted) - sum(accepted)
             device = batch["input_ids"].device
             batch.clear()
             batch.update({k: v.to(device) for k, v in rows.items()})
@@ -94,9 +131,33 @@ class GKDMethod(DistillMethod):
             generated += rollout.num_generated_tokens
         self.metrics.update(generation_s=generation_s, completion_length=generated / sum(
             b["input_ids"].shape[0] for b in micro_batches))
+        if checked:
+            self.checked["kept"] += int(self.metrics["kd_kept"])
+            self.checked["dropped"] += int(self.metrics["kd_dropped"])
 
     def step_metrics(self) -> dict[str, float]:
         return self.metrics
+
+    def state_dict(self) -> dict:
+        return {"checked": dict(self.checked)}
+
+    def load_state_dict(self, state: dict, step: int) -> None:
+        self.checked = dict(state.get("checked", self.checked))
+
+
+def reference_texts(batch: dict[str, torch.Tensor], tokenizer) -> list[str]:
+    """Each row's own (data) completion, decoded: the answer key a teacher's completion is checked against."""
+    keep = batch["loss_mask"].bool() & batch["attention_mask"].bool()
+    return tokenizer.batch_decode([ids[row].tolist() for ids, row in zip(batch["input_ids"], keep)],
+                                  skip_special_tokens=True)
+
+
+def checker_accepts(task: NumericTask, references: list[str], completions: list[str]) -> list[bool]:
+    """Whether ``task``'s checker accepts each completion, the answer being the one its reference states (none read
+    off the reference: rejected)."""
+    answers = [extract_answer(reference) for reference in references]
+    return [answer is not None and task.is_correct(Problem("", str(answer)), completion)
+            for answer, completion in zip(answers, completions)]
 
 
 def prompt_ids(batch: dict[str, torch.Tensor]) -> list[list[int]]:
@@ -113,9 +174,18 @@ def train_gkd(config: GKDConfig, callbacks=None) -> dict:
     if config.data.packing:
         raise ConfigError("data.packing: gkd samples new completions per prompt, so rows cannot be packed; set "
                           "data.packing=false")
-    model, tokenizer = load_policy(config)
-    teacher = load_teacher(config, model, tokenizer)
+    if config.teacher_cache:
+        raise ConfigError("teacher_cache: gkd scores completions sampled during training, which no cache of the "
+                          "data's rows holds; use method: distill for offline KD")
+    model, tokenizer, pruned = load_student(config)
+    name = student_name(config, pruned)
+    teacher = load_teacher(config, model, tokenizer, name)
     train_examples, eval_examples = load_examples(config.data, tokenizer, "sft")
-    run = train_and_save(config, model, tokenizer, GKDMethod(teacher, config, tokenizer), train_examples,
-                         eval_examples, callbacks)
-    return write_evaluation(config, distill_evaluation(config, run, model), model, tokenizer)
+    method = GKDMethod(teacher, config, tokenizer)
+    run = train_and_save(config, model, tokenizer, method, train_examples, eval_examples, callbacks)
+    evaluation = distill_evaluation(config, run, model, name, pruned)
+    if method.checker is not None:
+        evaluation["seq_kd_checker"] = {"task": config.seq_kd_checker, **method.checked}
+        log.warning("seq-KD checker %s: kept %d of %d teacher completions", config.seq_kd_checker,
+                    method.checked["kept"], method.checked["kept"] + method.checked["dropped"])
+    return write_evaluation(config, evaluation, model, tokenizer)

@@ -103,8 +103,12 @@ KL_IN_LOSS = {"grpo"}  # the others subtract beta * KL(pi || pi_ref) of each com
 class PolicyGradientMethod(OnlineRLMethod):
     """Rollout, rewards and advantages in ``prepare_step``; the clipped surrogate in ``loss``."""
 
+    fsdp = True  # tested under distributed.strategy: fsdp (tests/distributed); sampling gathers the full weights
+
     def __init__(self, config: GRPOConfig, tokenizer, setup: OnlineRLSetup, reference: ReferencePolicy | None):
         super().__init__(config, tokenizer, setup)
+        if config.skip_zero_variance_groups:  # can leave a rank a micro-batch without rows, which FSDP must still run
+            self.fsdp = False
         self.reference = reference
         self.baseline: float | None = None  # REINFORCE's moving average
         self.rollout_batches: list[dict] = []
@@ -229,15 +233,27 @@ class PolicyGradientMethod(OnlineRLMethod):
         """REINFORCE's baseline; with num_iterations > 1, the rollout the next steps of its cycle reuse (and its
         logged figures), so a run resumed mid-cycle trains on the rollout the uninterrupted run does."""
         state = {"baseline": self.baseline}
-        if self.config.num_iterations > 1:
+        if self.config.num_iterations > 1 and distributed.world_size() > 1:
+            # under torchrun each rank holds its own share of the rollout, and rank 0 writes the checkpoint: every
+            # rank's share goes into it (a collective: every rank calls this when a checkpoint is written)
+            cpu = [{k: v.cpu() for k, v in batch.items()} for batch in self.rollout_batches]
+            state["rollouts_by_rank"] = distributed.gather_objects(
+                {"rollout_batches": cpu, "rollout_metrics": self.rollout_metrics})
+        elif self.config.num_iterations > 1:
             state.update(rollout_batches=self.rollout_batches, rollout_metrics=self.rollout_metrics)
         return state
 
     def load_state_dict(self, state: dict, step: int) -> None:
         self.baseline = state.get("baseline")
         if step % self.config.num_iterations:  # mid-cycle: the cycle's rollout, else the next step samples anew
-            self.rollout_batches = state["rollout_batches"]
-            self.rollout_metrics = state["rollout_metrics"]
+            saved = state.get("rollouts_by_rank", [state])
+            if len(saved) != distributed.world_size():
+                raise ConfigError(f"the checkpoint of step {step} is in the middle of a rollout's num_iterations="
+                                  f"{self.config.num_iterations} updates, written by {len(saved)} process(es), each "
+                                  f"holding its share of the rollout: resume it with {len(saved)} process(es), or "
+                                  f"from a checkpoint at a step that is a multiple of {self.config.num_iterations}")
+            self.rollout_batches = saved[distributed.rank()]["rollout_batches"]
+            self.rollout_metrics = saved[distributed.rank()]["rollout_metrics"]
 
 
 def train_grpo(config: GRPOConfig, callbacks=None) -> dict:

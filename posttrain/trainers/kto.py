@@ -22,7 +22,7 @@ import torch
 from posttrain.config import option
 from posttrain.data import load_examples
 from posttrain.data.preference import collate_unpaired
-from posttrain.engine import LossOutput, Method, distributed
+from posttrain.engine import LossOutput, Method, distributed, fsdp
 from posttrain.math import masked_sum
 from posttrain.math.preference import kto_loss, kto_reference_point
 from posttrain.models.forward import token_logps
@@ -58,6 +58,7 @@ class KTOMethod(Method):
     """Batches hold B matched rows (x_i, y_i) then B mismatched rows (x_i, y'_i)."""
 
     collate = staticmethod(collate_unpaired)
+    fsdp = True  # tested under distributed.strategy: fsdp (tests/distributed)
 
     def __init__(self, config: KTOConfig, reference: ReferencePolicy | None):
         self.config = config
@@ -70,11 +71,14 @@ class KTOMethod(Method):
         """z0 over the whole optimizer step (all micro-batches), stored in each batch."""
         with torch.no_grad():
             log_ratios = []
-            for batch in micro_batches:
+            # FSDP gathers the weights in every pass: a rank with fewer micro-batches (a short last step) scores its
+            # last one again, unused, so that every rank runs as many
+            extra = fsdp.missing_passes(len(micro_batches)) if model.training and fsdp.is_sharded(model) else 0
+            for batch in micro_batches + micro_batches[-1:] * extra:
                 mismatched = half(batch, second=True)
                 logps, mask = token_logps(model, mismatched)
                 log_ratios.append(masked_sum(logps.logps - reference_token_logps(self.reference, model, mismatched), mask, -1))
-            log_ratios = torch.cat(log_ratios)
+            log_ratios = torch.cat(log_ratios[: len(micro_batches)])
             if model.training:  # under torchrun: every rank's share of the step, gathered in rank order; evaluation
                 # batches (split over ranks) keep their own, as a single process's do
                 log_ratios = torch.cat(distributed.gather_tensors(log_ratios))

@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 
 from posttrain.config import option
-from posttrain.engine import LossOutput, distributed
+from posttrain.engine import LossOutput, distributed, fsdp
 from posttrain.engine.run_log import append_jsonl
 from posttrain.errors import ConfigError
 from posttrain.math import (
@@ -123,6 +123,7 @@ class PPOMethod(OnlineRLMethod):
     ``loss``, step 7 in ``after_update``."""
 
     outputs = ("samples.jsonl", "ppo_metrics.jsonl")
+    fsdp = True  # tested under distributed.strategy: fsdp (tests/distributed); sampling gathers the full weights
 
     def __init__(self, config: PPOConfig, tokenizer, setup: OnlineRLSetup, reference: ReferencePolicy | None):
         super().__init__(config, tokenizer, setup)
@@ -162,6 +163,9 @@ class PPOMethod(OnlineRLMethod):
             batch.clear()
             if len(chunk):
                 batch.update({k: v.to(device)[chunk] for k, v in self.rollout_rows.items()})
+            elif fsdp.is_sharded(model):  # every rank runs every pass under FSDP: a row that carries no loss
+                batch.update({k: v[:1].to(device) for k, v in self.rollout_rows.items()})
+                batch["loss_mask"] = torch.zeros_like(batch["loss_mask"])
         self.train_started = time.perf_counter()
 
     @torch.no_grad()

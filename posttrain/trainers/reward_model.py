@@ -52,6 +52,8 @@ class RewardConfig(PolicyTrainingConfig):
 class RewardModelMethod(Method):
     """The loss the engine runs for B pairs: Bradley-Terry (+ centering) summed over pairs, and metric sums."""
 
+    fsdp = True  # tested under distributed.strategy: fsdp (tests/distributed)
+
     def __init__(self, config: RewardConfig):
         self.config = config
         self.collate = collate_pairs  # padded: one score position per row, at its last real token

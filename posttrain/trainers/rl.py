@@ -17,7 +17,7 @@ import torch
 
 from posttrain.config import option
 from posttrain.data import collate_sequences, load_rows
-from posttrain.engine import Method, distributed
+from posttrain.engine import Method, distributed, fsdp
 from posttrain.engine.run_log import append_jsonl
 from posttrain.errors import ConfigError
 from posttrain.rollout import Rollout, SamplingParams, chat_prompts, sample
@@ -38,7 +38,8 @@ class OnlineRLConfig(PolicyTrainingConfig):
     """Prompts, rewards and sampling: the part of an online RL config that is not the algorithm."""
 
     task: str = option("arithmetic", help="where prompts (and the default reward) come from, unless data.path is set: "
-                                          "arithmetic, word_problems, constraints or verbosity (posttrain.tasks)")
+                                          "arithmetic, word_problems, constraints, verbosity or long_addition "
+                                          "(posttrain.tasks)")
     task_options: dict[str, Any] = option(
         default_factory=dict, help="keyword options of the task's generator, e.g. {digits: 2, operations: '+-'}")
     rewards: list[dict[str, Any]] = option(
@@ -155,7 +156,8 @@ def sample_and_score(policy, tokenizer, prompt_ids: list[list[int]], problems: l
                      reward, group_size: int = 1) -> ScoredRollout:
     """Steps 1-2 of every online method: ``group_size`` completions per prompt sampled from ``policy``, scored by
     ``reward``, and collated into token rows (prompt + completion, loss on the completion)."""
-    rollout = sample(policy, tokenizer, prompt_ids, sampling, group_size=group_size)
+    with fsdp.full_weights(policy):  # under FSDP: gathered once for the whole sampling loop
+        rollout = sample(policy, tokenizer, prompt_ids, sampling, group_size=group_size)
     row_problems = [problems[i] for i in rollout.prompt_index.tolist()]
     totals, per_function = reward([p.prompt for p in row_problems], rollout.texts, row_problems)
     lengths = rollout.completion_mask.sum(-1)
@@ -213,7 +215,8 @@ def greedy_evaluation(config: OnlineRLConfig, policy, tokenizer, prompt_ids, pro
                       step: int) -> dict[str, float]:
     """Greedy answers to the held-out prompts: mean reward, task accuracy, length; samples.jsonl gets a few rows."""
     params = SamplingParams(config.max_new_tokens, 0.0, stop_strings=tuple(config.stop_strings))
-    rollout = sample(policy, tokenizer, prompt_ids, params)
+    with fsdp.full_weights(policy):
+        rollout = sample(policy, tokenizer, prompt_ids, params)
     rewards, _ = reward([p.prompt for p in problems], rollout.texts, problems)
     result = {"eval_reward": sum(rewards) / len(rewards),
               "eval_completion_length": float(rollout.completion_mask.sum(-1).float().mean()),

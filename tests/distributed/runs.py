@@ -21,7 +21,8 @@ MICRO = 2  # examples (prompts for GRPO) per rank and micro-batch
 WORLD = 2
 FAILURE = "bad reward data on rank 1: the answer column is missing"
 FSDP = {"strategy": "fsdp"}
-FSDP_SCENARIOS = ("sft", "sft_lora", "dpo")
+GRPO_MU2 = {"num_iterations": 2, "num_eval_prompts": 0}  # 2 updates per rollout: a checkpoint at step 1 is mid-cycle
+FSDP_SCENARIOS = ("sft", "sft_lora", "dpo", "kto", "reward", "grpo", "reinforce", "ppo")
 
 
 def uneven(data_dir: Path) -> dict:
@@ -30,6 +31,14 @@ def uneven(data_dir: Path) -> dict:
     return dict(max_steps=None, num_epochs=1, grad_accum_steps=3, eval_batch_size=3,
                 data={"path": str(data_dir / "sft_17.jsonl"), "eval_path": str(data_dir / "sft_eval.jsonl"),
                       "max_length": 64})
+
+
+def uneven_kto(data_dir: Path) -> dict:
+    """KTO likewise: 17 unpaired examples leave a last step of 5 (3 + 2 examples: 3 and 2 micro-batches), whose z0
+    passes (prepare_step) the short rank must match too; the reference a frozen copy (not sharded)."""
+    return dict(max_steps=None, num_epochs=1, grad_accum_steps=3, eval_batch_size=3, precompute_ref_logps=False,
+                data={"path": str(data_dir / "kto_17.jsonl"), "eval_path": str(data_dir / "kto_eval.jsonl"),
+                      "max_length": 96})
 
 
 def scenarios(data_dir: Path) -> dict[str, dict]:
@@ -49,9 +58,15 @@ def scenarios(data_dir: Path) -> dict[str, dict]:
         # the reference log-probs precomputed: each rank scores half the data, then all of it is gathered
         "kto": {**common, "method": "kto", "learning_rate": 1e-3, "beta": 0.5, "precompute_ref_logps": True,
                 "ref_cache_dir": "(per run)", "data": {"path": str(data_dir / "pairs.jsonl"), "max_length": 96}},
+        # the reward model: a score head on the tiny decoder, Bradley-Terry on the pairs
+        "reward": {**common, "method": "reward", "learning_rate": 1e-3,
+                   "data": {"path": str(data_dir / "pairs.jsonl"), "max_length": 96}},
+        # a completion stops at its first space, so the ranks decode different numbers of steps (under FSDP, gathering
+        # weights per step would mismatch the ranks' collectives: tried); a greedy evaluation of 4 held-out prompts
+        # after the last step (under FSDP: on the sharded model)
         "grpo": {**common, "method": "grpo", "learning_rate": 1e-3, "group_size": 4, "max_new_tokens": 6,
-                 "scale_rewards": "batch", "num_train_prompts": 16, "num_eval_prompts": 0, "top_k": 20,
-                 "rewards": [{"function": "runs:starts_a_word"}]},
+                 "scale_rewards": "batch", "num_train_prompts": 16, "num_eval_prompts": 4, "top_k": 20,
+                 "stop_strings": [" "], "rewards": [{"function": "runs:starts_a_word"}]},
         # REINFORCE's moving-average baseline is the global batch's mean reward, the same on every rank
         "reinforce": {**common, "method": "reinforce", "learning_rate": 1e-3, "group_size": 2, "max_new_tokens": 6,
                       "num_train_prompts": 16, "num_eval_prompts": 0, "top_k": 20,
@@ -86,6 +101,10 @@ def write_data(data_dir: Path) -> None:
     (data_dir / "sft_eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft_eval))
     (data_dir / "sft_17.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft[:17]))
     (data_dir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    unpaired = [{"prompt": r["prompt"], "completion": r[key], "label": key == "chosen"}
+                for r in pairs for key in ("chosen", "rejected")]
+    (data_dir / "kto_17.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unpaired[:17]))
+    (data_dir / "kto_eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unpaired[17:]))
 
 
 def train(name: str, data_dir: Path, output_dir: Path, batch_size: int, **extra) -> None:
@@ -165,6 +184,13 @@ def all_scenarios(data_dir: Path, out: Path) -> None:
     train("sft", data_dir, out / f"sft_fsdp_2x{MICRO}_from_1x{WORLD * MICRO}", MICRO, distributed=FSDP,
           resume_from=str(out / f"sft_1x{WORLD * MICRO}_to_step_2" / "checkpoints" / "step_2"))
     train("sft", data_dir, out / f"sft_fsdp_uneven_2x{MICRO}", MICRO, distributed=FSDP, **uneven(data_dir))
+    train("kto", data_dir, out / f"kto_fsdp_uneven_2x{MICRO}", MICRO, distributed=FSDP, **uneven_kto(data_dir))
+    # GRPO stopped in the middle of a rollout's updates: each rank's share of the rollout goes into the checkpoint
+    train("grpo", data_dir, out / "grpo_mu2_fsdp", MICRO, distributed=FSDP, **GRPO_MU2)
+    train("grpo", data_dir, out / "grpo_mu2_fsdp_to_step_1", MICRO, distributed=FSDP, max_steps=1, save_steps=1,
+          **GRPO_MU2)
+    train("grpo", data_dir, out / "grpo_mu2_fsdp_resumed", MICRO, distributed=FSDP, **GRPO_MU2,
+          resume_from=str(out / "grpo_mu2_fsdp_to_step_1" / "checkpoints" / "step_1"))
     try:
         train("grpo", data_dir, out / "fails_on_rank_1", MICRO, rewards=[{"function": "runs:fails_on_rank_1"}])
     finally:  # when each rank stopped: rank 0 must not wait for the collective timeout (600 s)

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from posttrain.engine import distributed
+from posttrain.errors import ConfigError
 from posttrain.models import build_tiny_model
-from runs import (FAILURE, FSDP_SCENARIOS, MICRO, WORLD, all_scenarios, evaluations, results, run_ranks, scenarios,
-                  train, uneven, write_data)
+from runs import (FAILURE, FSDP_SCENARIOS, GRPO_MU2, MICRO, WORLD, all_scenarios, evaluations, results, run_ranks,
+                  scenarios, train, uneven, uneven_kto, write_data)
 
 HERE = Path(__file__).parent
 
@@ -31,6 +32,7 @@ def launch(tmp_path_factory):
     # a 1-process checkpoint that the launch resumes under FSDP
     train("sft", root / "data", root / f"sft_1x{WORLD * MICRO}_to_step_2", WORLD * MICRO, max_steps=2, save_steps=2)
     train("sft", root / "data", root / f"sft_uneven_1x{WORLD * MICRO}", WORLD * MICRO, **uneven(root / "data"))
+    train("kto", root / "data", root / f"kto_uneven_1x{WORLD * MICRO}", WORLD * MICRO, **uneven_kto(root / "data"))
     outcomes = run_ranks(all_scenarios, root / "data", root, timeout=500)  # a hang would end here, and fail
     for name in scenarios(root / "data"):
         train(name, root / "data", root / f"{name}_1x{WORLD * MICRO}", WORLD * MICRO)
@@ -45,7 +47,7 @@ def two_process_runs(launch):
     return root
 
 
-@pytest.mark.parametrize("name", ["sft", "sft_lora", "dpo", "kto", "grpo", "reinforce", "ppo"])
+@pytest.mark.parametrize("name", ["sft", "sft_lora", "dpo", "kto", "reward", "grpo", "reinforce", "ppo"])
 def test_two_processes_take_the_steps_of_one_with_twice_the_batch(two_process_runs, name):
     one_records, one_weights = results(two_process_runs / f"{name}_1x{WORLD * MICRO}")
     two_records, two_weights = results(two_process_runs / f"{name}_2x{MICRO}")
@@ -61,7 +63,7 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_batch(two_process_ru
         moved = [weight for key, weight in one_weights.items() if "lora_B" in key]
     else:
         initial = build_tiny_model().state_dict()  # what both runs started from ("model: tiny")
-        moved = [weight - initial[key] for key, weight in one_weights.items()]
+        moved = [weight - initial[key] for key, weight in one_weights.items() if key in initial]  # reward: + score
     assert max(float(weight.abs().max()) for weight in moved) > 1e-4  # the runs did train
 
 
@@ -121,14 +123,32 @@ def test_fsdp_takes_the_steps_of_one_process_with_twice_the_batch(two_process_ru
     one_records, one_weights = results(two_process_runs / f"{name}_1x{WORLD * MICRO}")
     two_records, two_weights = results(two_process_runs / f"{name}_fsdp_2x{MICRO}")  # final/: consolidated
     assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == [1, 2, 3]
+    # PPO's step 3 is the first update on a new rollout, sampled after 2 updates: its policy loss is a mean of
+    # advantages whitened by a std of 0.08, which turns the runs' fp32 rounding (weights within 5e-7) into 3e-5 of
+    # the loss (DDP's run: 1.4e-5, within its abs_tol)
+    rel_tol = 1e-4 if name == "ppo" else 1e-5
     for one, two in zip(one_records, two_records):
-        assert math.isclose(two["loss"], one["loss"], rel_tol=1e-5, abs_tol=1e-6), (one["step"], one, two)
+        assert math.isclose(two["loss"], one["loss"], rel_tol=rel_tol, abs_tol=1e-6), (one["step"], one, two)
         assert two["num_tokens"] == one["num_tokens"]
         # the norms differ in the 6th digit: one process sums 3.2M squares in fp32, FSDP per shard (closer to fp64)
         assert math.isclose(two["grad_norm"], one["grad_norm"], rel_tol=1e-4)
+        if name in ("grpo", "reinforce"):  # rollouts sampled on the gathered weights: the same completions
+            assert math.isclose(two["reward"], one["reward"], abs_tol=1e-6)
+            assert math.isclose(two["completion_length"], one["completion_length"], rel_tol=1e-9)
     assert sorted(two_weights) == sorted(one_weights)  # sft_lora: the adapter only, as in one process
     for key, weight in one_weights.items():
         torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
+    if name == "grpo":  # the greedy evaluation after step 3, on the sharded model: the same answers
+        one_eval, two_eval = (_greedy_evaluations(two_process_runs / n) for n in (f"grpo_1x{WORLD * MICRO}",
+                                                                                  f"grpo_fsdp_2x{MICRO}"))
+        assert [r["step"] for r in two_eval] == [r["step"] for r in one_eval] == [3]
+        for key in ("eval_reward", "eval_completion_length", "eval_items"):
+            assert math.isclose(two_eval[0][key], one_eval[0][key], abs_tol=1e-6), (key, one_eval, two_eval)
+
+
+def _greedy_evaluations(output_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (output_dir / "log_history.jsonl").read_text().splitlines()]
+    return [r for r in records if "eval_reward" in r]
 
 
 def test_fsdp_final_folder_is_a_plain_model_transformers_loads(two_process_runs):
@@ -156,6 +176,21 @@ def test_fsdp_ranks_with_fewer_passes_run_extra_ones(two_process_runs):
     assert math.isclose(two_eval[-1]["eval_loss"], one_eval[-1]["eval_loss"], rel_tol=1e-5)
 
 
+def test_fsdp_kto_ranks_with_fewer_micro_batches_score_extra_ones(two_process_runs):
+    # KTO's z0 passes (prepare_step) gather weights too: the short rank scores its last micro-batch again, unused
+    one_records, one_weights = results(two_process_runs / f"kto_uneven_1x{WORLD * MICRO}")
+    two_records, two_weights = results(two_process_runs / f"kto_fsdp_uneven_2x{MICRO}")
+    assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == [1, 2]
+    for one, two in zip(one_records, two_records):
+        assert math.isclose(two["loss"], one["loss"], rel_tol=1e-5), (one, two)
+        assert math.isclose(two["kl"], one["kl"], rel_tol=1e-5, abs_tol=1e-7)  # z0 of the whole step, not extra
+    for key, weight in one_weights.items():
+        torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=1e-5, msg=key)
+    # the eval batches (4 and 3 examples in batches of 3: 2 and 1) ran too; their z0 is per batch, so the eval loss
+    # is not the single process's (as under ddp)
+    assert evaluations(two_process_runs / f"kto_fsdp_uneven_2x{MICRO}")[-1]["eval_items"] == 7
+
+
 def test_a_sharded_checkpoint_resumes_in_one_process(two_process_runs, tmp_path):
     run = two_process_runs / f"sft_fsdp_2x{MICRO}_to_step_2"
     checkpoint = run / "checkpoints" / "step_2"
@@ -163,6 +198,23 @@ def test_a_sharded_checkpoint_resumes_in_one_process(two_process_runs, tmp_path)
     assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no staging left
     train("sft", two_process_runs / "data", tmp_path / "resumed", WORLD * MICRO, resume_from=str(checkpoint))
     _assert_continues_the_one_process_run(two_process_runs, tmp_path / "resumed")
+
+
+def test_a_run_resumed_in_the_middle_of_a_rollouts_updates_trains_on_each_ranks_share(two_process_runs, tmp_path):
+    # GRPO with num_iterations 2, checkpoint at step 1: step 2 reuses step 1's rollout, whose rows differ per rank.
+    # Saving only rank 0's share (as before) gave both ranks rank 0's rows: step 2's loss -0.078 instead of -0.124
+    records, weights = results(two_process_runs / "grpo_mu2_fsdp")
+    resumed_records, resumed_weights = results(two_process_runs / "grpo_mu2_fsdp_resumed")
+    assert [r["step"] for r in resumed_records] == [2, 3]
+    for full, resumed in zip(records[1:], resumed_records):
+        assert math.isclose(resumed["loss"], full["loss"], rel_tol=1e-6, abs_tol=1e-7), (full, resumed)
+        assert resumed["reward"] == full["reward"]
+    for key, weight in weights.items():
+        torch.testing.assert_close(resumed_weights[key], weight, rtol=1e-6, atol=1e-6, msg=key)
+    checkpoint = two_process_runs / "grpo_mu2_fsdp_to_step_1" / "checkpoints" / "step_1"
+    with pytest.raises(ConfigError, match="written by 2 process.*resume it with 2 process"):  # shares per rank
+        train("grpo", two_process_runs / "data", tmp_path / "one", WORLD * MICRO, resume_from=str(checkpoint),
+              **GRPO_MU2)
 
 
 def test_a_one_process_checkpoint_resumes_under_fsdp(two_process_runs):

@@ -101,8 +101,19 @@ def test_metadata_and_types(source, tmp_path):
     assert len(reader.fields["tokenizer.ggml.tokens"].data) == 320  # padded to the embedding's rows
 
 
+def test_gguf_cannot_write_k_quants():
+    """Why --gguf q4_k is refused: gguf's Python quantizer has no Q4_K (it only dequantizes). When a gguf release
+    adds one, this fails: add q4_k to FORMATS with a round-trip test."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    with pytest.raises(NotImplementedError):
+        quants.quantize(np.zeros((1, 256), dtype=np.float32), GGMLQuantizationType.Q4_K)
+    assert quants.dequantize(np.zeros((1, 144), dtype=np.uint8), GGMLQuantizationType.Q4_K).shape == (1, 256)
+
+
 def test_bad_inputs_are_one_line_errors(source, tmp_path):
-    with pytest.raises(ConfigError, match="q4_k"):
+    with pytest.raises(ConfigError, match="q4_k: the gguf package .* not write them.*llama-quantize"):
         export_gguf(source[0], tmp_path / "x.gguf", "q4_k")
     with pytest.raises(ConfigError, match="no such folder"):
         export_gguf(tmp_path / "missing", tmp_path / "x.gguf")

@@ -38,14 +38,20 @@ def test_quantize_dequantize_error_bound_and_reload(source, tmp_path, fmt, group
     out = quantize_model(folder, tmp_path / fmt, fmt, group_size)
     quantized, tokenizer = load_model(str(out), device="cpu")  # loads back in posttrain like any folder
     dense = dict(model.named_parameters())
+    embedding = quantized.get_input_embeddings().weight
+    assert type(embedding.data).__module__.startswith("torchao.")  # the embedding is quantized too ...
+    assert quantized.get_output_embeddings().weight is embedding  # ... and the tied head is that same tensor
+    checked = 0
     for name, module in quantized.named_modules():
-        if not name.endswith(LINEARS):
+        if not name.endswith(LINEARS + ("embed_tokens",)):
             continue
+        checked += 1
         weight = dense[f"{name}.weight"].detach()
         error = _groups((module.weight.dequantize().float() - weight).abs(), group_size)
         # a symmetric grid of `levels` steps over [-max|w|, max|w|]: rounding costs at most half a step
         bound = _groups(weight.abs(), group_size).amax(-1, keepdim=True) / levels
         assert (error <= bound * 1.001 + 1e-8).all(), name
+    assert checked == 1 + 2 * len(LINEARS)
     ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, actual = model(ids).logits, quantized(ids).logits
@@ -53,17 +59,52 @@ def test_quantize_dequantize_error_bound_and_reload(source, tmp_path, fmt, group
     assert "torchao" in (out / "README.md").read_text() and (out / "tokenizer.json").is_file()
 
 
-def test_int8_weights_take_a_quarter_of_the_bytes(source, tmp_path):
+def _stored(folder):
     from posttrain.models.tensor_files import TensorReader
 
+    with TensorReader(folder) as reader:
+        return {name: reader.get(name) for name in reader.names()}
+
+
+def _nbytes(tensors, *parts):
+    return sum(t.numel() * t.element_size() for n, t in tensors.items() if any(p in n for p in parts))
+
+
+def test_int8_weights_take_a_quarter_of_the_bytes(source, tmp_path):
+    """int8 stores each weight in a quarter of its fp32 bytes plus a scale and a zero point per row; the tied head
+    is stored once (as the embedding). With --keep-embeddings the embedding stays fp32 and the file is larger."""
     folder, model = source
-    out = quantize_model(folder, tmp_path / "int8", "int8")
-    with TensorReader(out) as reader:
-        stored = {name: reader.get(name) for name in reader.names()}
-    linear_bytes = sum(t.numel() * t.element_size() for n, t in stored.items() if "_proj" in n)
-    dense_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if n.endswith(tuple(f"{m}.weight"
-                                                                                             for m in LINEARS)))
-    assert linear_bytes < 0.3 * dense_bytes  # int8 values + one float scale per row
+    dense = _stored(folder)
+    stored = _stored(quantize_model(folder, tmp_path / "int8", "int8"))
+    assert not any(name.startswith("lm_head") for name in stored)
+    for part in ("_proj", "embed_tokens"):  # int8 values + one float32 scale and one int8 zero point per row
+        assert _nbytes(stored, part) < 0.3 * _nbytes(dense, part), part
+    linear_only = _stored(quantize_model(folder, tmp_path / "linear", "int8", embeddings=False))
+    assert _nbytes(linear_only, "embed_tokens") == _nbytes(dense, "embed_tokens")  # float32, as before
+    total = {name: _nbytes(tensors, "") for name, tensors in (("fp32", dense), ("int8", stored),
+                                                                ("linear", linear_only))}
+    assert total["int8"] < 0.3 * total["fp32"]
+    # the only difference: the embedding's bytes (a duplicated head would show here)
+    assert total["linear"] - total["int8"] == _nbytes(dense, "embed_tokens") - _nbytes(stored, "embed_tokens")
+
+
+def test_quantized_model_scores_and_keep_embeddings(source, tmp_path):
+    """posttrain's chunked log-probs (perplexity, KL, training losses) run on a model whose head is quantized, and
+    match the fp32 model's within int8 error; --keep-embeddings leaves embedding and head float32."""
+    from posttrain.cli import main
+    from posttrain.models.forward import token_logps
+
+    folder, model = source
+    quantized, _ = load_model(str(quantize_model(folder, tmp_path / "int8", "int8")), device="cpu")
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        expected, actual = token_logps(model, batch)[0].logps, token_logps(quantized, batch)[0].logps
+    assert (actual - expected).abs().max() < 0.05 and not torch.equal(actual, expected)
+    assert main(["quantize", "--model", str(folder), "--keep-embeddings", "--out", str(tmp_path / "keep")]) == 0
+    kept, _ = load_model(str(tmp_path / "keep"), device="cpu")
+    assert type(kept.get_input_embeddings().weight.data) is torch.Tensor
+    assert type(kept.model.layers[0].mlp.up_proj.weight.data).__module__.startswith("torchao.")
 
 
 def test_bad_format_and_group_size(source, tmp_path):

@@ -15,6 +15,7 @@ from posttrain.config import option
 from posttrain.errors import ConfigError, DataError
 from posttrain.eval.context import EvalContext
 from posttrain.eval.estimators import describe, mean_and_standard_error, pass_at_k
+from posttrain.eval.metrics.chains import add_groups, add_steps_correct
 from posttrain.eval.prompts import DEFAULT_PROBES, DEFAULT_PROMPTS, EvalPrompt, load_prompts
 from posttrain.eval.result import MetricResult, Value, score_each, try_each
 from posttrain.rollout.rewards import RewardSpec
@@ -90,7 +91,8 @@ def verbosity(context: EvalContext, options: VerbosityOptions) -> MetricResult:
 # ------------------------------------------------------------------------------------------------- task accuracy
 @dataclass
 class TaskAccuracyOptions:
-    task: str = option("arithmetic", help="arithmetic, word_problems, constraints or verbosity (posttrain.tasks)")
+    task: str = option("arithmetic", help="arithmetic, word_problems, constraints, verbosity or long_addition "
+                                          "(posttrain.tasks)")
     task_options: dict[str, Any] = option(
         default_factory=dict, help="keyword options of the task's generator, e.g. {digits: 2}")
     n: int = option(40, min=1, help="problems drawn from the split with the evaluation's seed")
@@ -103,11 +105,23 @@ class TaskAccuracyOptions:
     self_consistency: int = option(0, min=0, help="k chains sampled per problem (temperature, top_p) whose parsed "
                                                   "answers vote (Wang et al. 2023): self_consistency@k accuracy; "
                                                   "numeric tasks only; 0: off")
+    steps_correct: bool = option(False, help="also the share of the steps written in each greedy answer that are "
+                                             "correct (the task's check_steps: each equation checked; numeric tasks "
+                                             "only): steps_correct, steps_written")
+    group_by: str | None = option(None, help="a field of the problems' meta to break every accuracy down by, e.g. "
+                                             "steps (word_problems: number of equations) or digits (long_addition): "
+                                             "accuracy/steps=3 ...; None: off")
 
     def __post_init__(self) -> None:
         task = get_task(self.task, **self.task_options)  # an unknown task or option fails now, not after generating
-        if self.self_consistency and not isinstance(task, NumericTask):
-            raise ConfigError(f"self_consistency votes over numeric answers: task {self.task!r} has none")
+        if (self.self_consistency or self.steps_correct) and not isinstance(task, NumericTask):
+            option_name = "self_consistency" if self.self_consistency else "steps_correct"
+            raise ConfigError(f"{option_name} needs numeric answers (and steps): task {self.task!r} has none")
+        if self.group_by is not None:
+            meta = task.problems(self.split, 1)[0].meta
+            if self.group_by not in meta:
+                raise ConfigError(f"group_by: the problems of task {self.task!r} have no {self.group_by!r}; they "
+                                  f"have: {', '.join(meta)}")
         if self.samples and not all(isinstance(k, int) and 1 <= k <= self.samples for k in self.pass_at):
             raise ConfigError(f"pass_at={self.pass_at}: every k must be between 1 and samples={self.samples}")
 
@@ -115,7 +129,8 @@ class TaskAccuracyOptions:
 def task_accuracy(context: EvalContext, options: TaskAccuracyOptions) -> MetricResult:
     """``accuracy``: the share of the task's held-out problems whose greedy answer its checker accepts. With
     ``samples`` = n > 0, also pass@k for each k in ``pass_at``: the mean over problems of the unbiased estimator
-    1 - C(n - c, k) / C(n, k) from n sampled answers of which c are correct (Chen et al. 2021)."""
+    1 - C(n - c, k) / C(n, k) from n sampled answers of which c are correct (Chen et al. 2021). ``steps_correct``
+    and ``group_by`` (accuracy by number of steps): ``posttrain.eval.metrics.chains``."""
     task = get_task(options.task, **options.task_options)
     problems = task.problems(options.split, options.n, context.seed)
     prompts = [p.prompt for p in problems]
@@ -140,6 +155,10 @@ def task_accuracy(context: EvalContext, options: TaskAccuracyOptions) -> MetricR
         result.details.update(samples=options.samples, temperature=options.temperature)
     if options.self_consistency:
         self_consistency(context, options, task, problems, result)
+    if options.steps_correct:
+        add_steps_correct(task, problems, greedy, result)
+    if options.group_by:
+        add_groups(options.group_by, problems, result, options.self_consistency)
     return result
 
 
