@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from posttrain.errors import ConfigError
-from posttrain.models import build_tiny_model
 from posttrain.rollout import chat_prompts, judges
 from posttrain.rollout.judge_specs import build_judge
 from posttrain.rollout.judges import COT_SUFFIX, COT_TEMPLATE, PairwiseJudge, Verdict
@@ -20,16 +19,9 @@ SECONDS = ["It is five, I think, maybe.", "Green."]
 STEPS = 6
 
 
-@pytest.fixture(scope="module")
-def model():
-    """A tiny model with sharpened projections: the plain random one greedily repeats a newline whatever it reads,
-    this one's reasoning differs between prompts and orders."""
-    model = build_tiny_model(seed=3).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "proj" in name:
-                parameter.mul_(10)
-    return model
+@pytest.fixture
+def model(sharp_model):
+    return sharp_model  # tests/rollout/conftest.py
 
 
 @torch.no_grad()

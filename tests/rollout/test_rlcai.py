@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from posttrain import api
 from posttrain.errors import ConfigError
-from posttrain.models import build_tiny_model
 from posttrain.pipeline import run_pipeline
 from posttrain.rollout import judges
 from posttrain.rollout.constitution import ConstitutionalJudge, load_constitution, principle_agreement
@@ -25,15 +23,9 @@ CONSTITUTION = {"name": "t", "principles": [
 PAIRS = [(f"request {i}", f"first answer {i}", f"second answer {i}") for i in range(8)]
 
 
-@pytest.fixture(scope="module")
-def model():
-    """Sharpened projections, so two templates give visibly different verdicts."""
-    model = build_tiny_model(seed=3).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "proj" in name:
-                parameter.mul_(10)
-    return model
+@pytest.fixture
+def model(sharp_model):
+    return sharp_model  # tests/rollout/conftest.py
 
 
 @pytest.fixture
