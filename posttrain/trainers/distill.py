@@ -40,6 +40,7 @@ from posttrain.math import (
 from posttrain.models import load_model
 from posttrain.models.forward import causal_lm, hidden_states
 from posttrain.models.pruning import prune_in_memory
+from posttrain.models.quantize import dequantized
 from posttrain.trainers.common import (
     PolicyTrainingConfig,
     TrainingRun,
@@ -216,7 +217,7 @@ def token_distillation_loss(student, teacher, batch: dict[str, torch.Tensor],
     teacher_rows = teacher_hidden[:, :-1][mask].clone()  # (N, H_teacher), an ordinary tensor again
     teacher_head = causal_lm(teacher).get_output_embeddings()
     return chunked_distillation_loss(
-        student_rows, student_head.weight, teacher_rows, teacher_head.weight, targets[mask], config.alpha,
+        student_rows, student_head.weight, teacher_rows, dequantized(teacher_head.weight), targets[mask], config.alpha,
         config.divergence, config.beta, config.temperature, config.teacher_top_k, student_head.bias, teacher_head.bias,
         accumulate_grad_in_place=True)
 

@@ -24,6 +24,7 @@ from posttrain.errors import DataError
 from posttrain.io import atomic_dir
 from posttrain.math import chunked_top_k_teacher, shifted_targets
 from posttrain.models.forward import causal_lm, hidden_states
+from posttrain.models.quantize import dequantized
 from posttrain.models.specs import cache_root
 from posttrain.trainers.reference import reference_cache_key
 
@@ -75,7 +76,7 @@ def compute_teacher_targets(teacher, examples: list[Example], top_k: int, temper
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in chunk], pad_token_id).items()}
         _, mask = shifted_targets(batch["input_ids"], batch["loss_mask"])
         rows = hidden_states(teacher, batch)[:, :-1][mask]
-        logps, indices = chunked_top_k_teacher(rows, head.weight, top_k, temperature, head.bias)
+        logps, indices = chunked_top_k_teacher(rows, dequantized(head.weight), top_k, temperature, head.bias)
         counts = mask.sum(-1).tolist()
         for i, row_logps, row_indices in zip(chunk, logps.float().cpu().split(counts), indices.cpu().split(counts)):
             result[i] = TeacherTargets(examples[i], row_logps.clone(), row_indices.to(torch.int32))

@@ -127,3 +127,21 @@ def test_a_quantized_model_generates_through_the_generic_decoder(source, tmp_pat
     params = SamplingParams(max_new_tokens=5, temperature=0.0, eos_token_ids=())
     auto, generic = (sample(quantized, tokenizer, prompts, params, backend=b) for b in ("auto", "hf"))
     assert torch.equal(auto.completion_ids, generic.completion_ids) and int(auto.completion_mask.sum()) == 10
+
+
+def test_a_quantized_teacher_distills_like_its_float_original(source, tmp_path, tokenizer):
+    """The distillation loss reads the teacher's output head in chunks (a transposed matmul torchao's tensors lack):
+    an int8 teacher gives nearly the float teacher's loss instead of failing."""
+    from posttrain.data import Example
+    from posttrain.data.batching import collate
+    from posttrain.trainers.distill import DistillConfig, DistillMethod
+
+    folder, teacher = source
+    quantized, _ = load_model(str(quantize_model(folder, tmp_path / "int8", "int8")), device="cpu")
+    student = build_tiny_model(1, vocab_size=VOCAB)
+    ids = [[5, 17, 40, 2, 99, 7], [8, 3, 250, 11]]
+    batch = collate([Example(row, [0, 0] + [1] * (len(row) - 2), "") for row in ids], tokenizer.pad_token_id)
+    config = DistillConfig(teacher="unused")
+    full = DistillMethod(teacher.requires_grad_(False), config).loss(student, batch).loss_sum
+    int8 = DistillMethod(quantized.requires_grad_(False), config).loss(student, batch).loss_sum
+    assert int8.item() == pytest.approx(full.item(), rel=2e-2) and int8.item() != full.item()
