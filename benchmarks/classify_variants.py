@@ -65,10 +65,10 @@ def run_transformers(data: Path, steps: int, out_dir: Path) -> dict:
 
     from posttrain.data.classification import encode_text
     from posttrain.models import load_tokenizer
-    from posttrain.models.loading import _embedded_dir
+    from posttrain.models.loading import model_folder
     from posttrain.models.reward_model import distinct_pad_token
 
-    path = str(_embedded_dir()) if MODEL == "smollm2-135m-instruct" else MODEL
+    path = str(model_folder(MODEL))
     tokenizer = distinct_pad_token(load_tokenizer(path))
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     names = sorted({r["label"] for r in rows})

@@ -8,6 +8,7 @@ expert utilisation and training tokens/s. Run from the repository root:
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from posttrain.api import train, upcycle
@@ -42,7 +43,7 @@ def main() -> None:
         usage = [round(final[f"eval_expert_utilization_{e}"], 3) for e in range(4)] if name != "dense" else "-"
         print(f"{name}: held-out loss {final['eval_loss']:.3f}, token accuracy {final['eval_token_accuracy']:.3f}, "
               f"balance loss {final.get('eval_router_balance_loss', '-')}, utilisation {usage}, "
-              f"median tokens/s {sorted(speed)[len(speed) // 2]:.0f}", flush=True)
+              f"median tokens/s {statistics.median(speed):.0f}", flush=True)
 
 
 if __name__ == "__main__":

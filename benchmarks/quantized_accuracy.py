@@ -123,14 +123,10 @@ def main() -> None:
 
     from posttrain.api import quantize
     from posttrain.models import load_model
-    from posttrain.models.specs import EMBEDDED_DEFAULT
+    from posttrain.models.loading import model_folder
 
     torch.set_num_threads(args.threads)
-    source = Path(args.model)
-    if args.model == EMBEDDED_DEFAULT:
-        from posttrain.models.loading import _embedded_dir
-
-        source = _embedded_dir()
+    source = model_folder(args.model)
     results = {"fp32": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folders = {"fp32": source}

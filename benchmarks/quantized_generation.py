@@ -41,7 +41,7 @@ def main() -> None:
 
     from posttrain.api import quantize
     from posttrain.models import load_model
-    from posttrain.models.loading import _embedded_dir
+    from posttrain.models.loading import model_folder
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", default="int8,int8:linear,int8-dynamic,int4",
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {"fp32": _embedded_dir()}
+        folders = {"fp32": model_folder("smollm2-135m-instruct")}
         for name in args.formats.split(","):  # FORMAT:linear keeps the embedding and head float (--keep-embeddings)
             fmt, _, only = name.partition(":")
             folders[name] = Path(quantize("smollm2-135m-instruct", Path(tmp) / name.replace(":", "_"), fmt,

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.errors import ConfigError, require
-from posttrain.models.specs import EMBEDDED_DEFAULT
 from posttrain.models.tensor_files import TensorReader
 
 log = logging.getLogger(__name__)
@@ -35,11 +34,9 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, fmt: str = "f16",
                 tokenizer_pre: str | None = None) -> Path:
     """Write ``model_dir`` (a llama-architecture HF folder with safetensors and a tokenizer) as GGUF ``fmt``."""
     gguf = require("gguf", "embedded", "GGUF export")
-    if str(model_dir) == EMBEDDED_DEFAULT:
-        from posttrain.models.loading import _embedded_dir
+    from posttrain.models.loading import model_folder
 
-        model_dir = _embedded_dir()
-    model_dir, out_file = Path(model_dir), Path(out_file)
+    model_dir, out_file = model_folder(model_dir), Path(out_file)
     if not model_dir.is_dir():
         raise ConfigError(f"--model {model_dir}: no such folder (expected a Hugging Face model folder)")
     if fmt.lower() in K_QUANTS:

@@ -55,10 +55,8 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 
     if spec == "tiny":
         path = TOKENIZER_ASSET
-    elif spec == EMBEDDED_DEFAULT:
-        path = _embedded_dir()
     else:
-        path = spec
+        path = model_folder(spec)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:  # padding positions are masked everywhere, so any token will do
         tokenizer.pad_token = tokenizer.eos_token
@@ -88,7 +86,7 @@ def load_model(
         model = build_tiny_model().to(dtype=torch_dtype, device=torch_device)
         return model, load_tokenizer("tiny")
 
-    path = _embedded_dir() if spec == EMBEDDED_DEFAULT else Path(spec)
+    path = model_folder(spec)
     if (path / "adapter_config.json").is_file():
         return _load_adapter_dir(path, dtype, device, quantization, trust_remote_code, adapter_trainable)
 
@@ -137,6 +135,11 @@ def build_tiny_model(seed: int = 0, vocab_size: int | None = None):
         model = LlamaForCausalLM(config)
     model.config.name_or_path = "tiny"
     return model
+
+
+def model_folder(spec: str | Path) -> Path:
+    """The folder of a model spec: the embedded model's cached folder for its name, else the spec as a path."""
+    return _embedded_dir() if str(spec) == EMBEDDED_DEFAULT else Path(spec)
 
 
 def _embedded_dir() -> Path:

@@ -103,9 +103,9 @@ def _with_folders(config: MergeConfig) -> MergeConfig:
     def folder(spec: str | None) -> str | None:
         if spec != EMBEDDED_DEFAULT:
             return spec
-        from posttrain.models.loading import _embedded_dir
+        from posttrain.models.loading import model_folder
 
-        return str(_embedded_dir())
+        return str(model_folder(spec))
 
     models = [dataclasses.replace(m, model=folder(m.model)) for m in config.models]
     return dataclasses.replace(config, base=folder(config.base), models=models)

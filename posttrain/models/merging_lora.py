@@ -59,13 +59,12 @@ class Adapter:
 
 def base_folder(config, adapters: list[Adapter], source: str) -> Path:
     """The model the adapters were trained on: ``base`` in the config, else their ``base_model_name_or_path``."""
+    from posttrain.models.loading import model_folder
     from posttrain.models.specs import EMBEDDED_DEFAULT
 
     spec = config.base or adapters[0].config.get("base_model_name_or_path")
     if spec == EMBEDDED_DEFAULT:
-        from posttrain.models.loading import _embedded_dir
-
-        return _embedded_dir()
+        return model_folder(spec)
     if not spec or not Path(spec).is_dir():
         raise ConfigError(f"{source}: key 'base': the adapters' base model {spec!r} is not a folder; set base: FOLDER")
     return Path(spec)

@@ -101,16 +101,11 @@ def quantize_model(model: str | Path, out: str | Path, fmt: str = "int8", group_
     model's name) and write ``out``: weights, config (with its ``quantization_config``), tokenizer and a model card."""
     from transformers import AutoModelForCausalLM
 
-    from posttrain.models.loading import load_tokenizer
+    from posttrain.models.loading import load_tokenizer, model_folder
     from posttrain.models.model_card import model_card
-    from posttrain.models.specs import EMBEDDED_DEFAULT
 
     config = torchao_config(fmt, group_size)
-    folder = Path(model)
-    if str(model) == EMBEDDED_DEFAULT:
-        from posttrain.models.loading import _embedded_dir
-
-        folder = _embedded_dir()
+    folder = model_folder(model)
     if not (folder / "config.json").is_file():
         hint = " (a LoRA adapter: merge it into its base first)" if (folder / "adapter_config.json").is_file() else ""
         raise ConfigError(f"--model {model}: not a Hugging Face model folder{hint}")

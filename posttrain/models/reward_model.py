@@ -17,22 +17,20 @@ import copy
 import json
 import logging
 import math
-from pathlib import Path
 
 import torch
 
 from posttrain.errors import ModelLoadError
 from posttrain.models.forward import as_root_forward, causal_lm, hidden_states
 from posttrain.models.loading import (
-    _embedded_dir,
     build_tiny_model,
     load_model,
     load_tokenizer,
+    model_folder,
     resolve_device,
     resolve_dtype,
 )
 from posttrain.models.lora import LoraSettings
-from posttrain.models.specs import EMBEDDED_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ def load_reward_model(spec: str, dtype: str = "auto", device: str = "auto", trus
     ``seed`` seeds a new head only."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    path = _embedded_dir() if spec == EMBEDDED_DEFAULT else Path(spec)
+    path = model_folder(spec)
     if spec == "tiny":
         tokenizer = distinct_pad_token(load_tokenizer("tiny"))
         model = from_causal_lm(build_tiny_model(), tokenizer, seed)
