@@ -84,8 +84,8 @@ def _export_parser(commands) -> argparse.ArgumentParser:
                                  "docs/model_ops.md.")
     export.add_argument("--model", required=True, help="model folder, or smollm2-135m-instruct")
     export.add_argument("--gguf", default="f16", metavar="TYPE", help="tensor type of the weights: f32, f16, bf16, "
-                        "q8_0, q5_1, q5_0, q4_1, q4_0 (default f16; norms stay f32). k-quants (q4_k...): export "
-                        "f16, then llama.cpp's llama-quantize")
+                        "q8_0, q5_1, q5_0, q4_1, q4_0, q4_k (default f16; norms stay f32). Other k-quants (q5_k, "
+                        "q6_k, q4_k_m...): export f16, then llama.cpp's llama-quantize")
     export.add_argument("--out", required=True, help="the .gguf file to write")
     export.add_argument("--tokenizer-pre", default=None, help="llama.cpp pre-tokenizer name (default: read off "
                         "tokenizer.json: gpt-2 or smollm)")

@@ -24,10 +24,13 @@ log = logging.getLogger(__name__)
 # format -> (GGML type of the 2-D weights, llama.cpp file type); 1-D tensors (norms) stay F32 as llama.cpp keeps them.
 FORMATS = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
            "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1"), "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
-           "q4_1": ("Q4_1", "MOSTLY_Q4_1"), "q4_0": ("Q4_0", "MOSTLY_Q4_0")}
-# The k-quants: gguf's Python package (0.19.0, its newest release) reads them but has no quantizer for them
-# (`gguf.quants.Q4_K` defines dequantize_blocks only); llama.cpp's C++ `llama-quantize` writes them from our f16 file.
-K_QUANTS = ("q2_k", "q3_k", "q4_k", "q4_k_m", "q4_k_s", "q5_k", "q5_k_m", "q5_k_s", "q6_k")
+           "q4_1": ("Q4_1", "MOSTLY_Q4_1"), "q4_0": ("Q4_0", "MOSTLY_Q4_0"), "q4_k": ("Q4_K", "MOSTLY_Q4_K_S")}
+# Where a row does not fill whole blocks of a type, the type llama.cpp's quantizer falls back to.
+FALLBACK = {"Q4_K": "Q5_0"}
+# The other k-quants: gguf's Python package (0.19.0, its newest release) reads them but has no quantizer for them
+# (`gguf.quants.Q4_K` defines dequantize_blocks only; Q4_K is ours, gguf_kquants.py); llama.cpp's C++
+# `llama-quantize` writes them from our f16 file.
+K_QUANTS = ("q2_k", "q3_k", "q4_k_m", "q4_k_s", "q5_k", "q5_k_m", "q5_k_s", "q6_k")
 
 
 def export_gguf(model_dir: str | Path, out_file: str | Path, fmt: str = "f16",
@@ -41,8 +44,9 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, fmt: str = "f16",
         raise ConfigError(f"--model {model_dir}: no such folder (expected a Hugging Face model folder)")
     if fmt.lower() in K_QUANTS:
         raise ConfigError(f"--gguf {fmt}: the gguf package (version {_version('gguf')}) can read k-quants but not "
-                          f"write them; export --gguf f16 and run llama.cpp's `llama-quantize MODEL-f16.gguf "
-                          f"MODEL-{fmt.lower()}.gguf {fmt.upper()}`, or use --gguf q4_0 / q4_1 / q5_0 / q8_0 here")
+                          f"write them (posttrain writes q4_k itself); export --gguf f16 and run llama.cpp's "
+                          f"`llama-quantize MODEL-f16.gguf MODEL-{fmt.lower()}.gguf {fmt.upper()}`, or use --gguf "
+                          "q4_k / q4_0 / q4_1 / q5_0 / q8_0 here")
     if fmt not in FORMATS:
         raise ConfigError(f"--gguf {fmt!r}: expected one of {', '.join(FORMATS)}")
     if (model_dir / "adapter_config.json").is_file():
@@ -190,14 +194,23 @@ def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
 def _add_tensor(writer, gguf, name: str, data: np.ndarray, qtype) -> None:
     from gguf import quants
 
+    from posttrain.models.gguf_kquants import quantize_q4_k
+
     if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
         writer.add_tensor(name, data.astype(np.float32))
         return
     block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    if data.shape[-1] % block and qtype.name in FALLBACK:  # as llama.cpp: Q4_K rows of 576 values are Q5_0
+        log.info("%s: row length %d is not a multiple of %d; written as %s", name, data.shape[-1], block,
+                 FALLBACK[qtype.name])
+        qtype = gguf.GGMLQuantizationType[FALLBACK[qtype.name]]
+        block, _ = gguf.GGML_QUANT_SIZES[qtype]
     if data.shape[-1] % block:  # rows that do not fill whole blocks fall back to F16, as llama.cpp does
         log.warning("%s: row length %d is not a multiple of %d; written as F16", name, data.shape[-1], block)
         qtype = gguf.GGMLQuantizationType.F16
     if qtype == gguf.GGMLQuantizationType.F16:
         writer.add_tensor(name, data.astype(np.float16))
+    elif qtype == gguf.GGMLQuantizationType.Q4_K:
+        writer.add_tensor(name, quantize_q4_k(data), raw_dtype=qtype)
     else:
         writer.add_tensor(name, quants.quantize(data, qtype), raw_dtype=qtype)

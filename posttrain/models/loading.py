@@ -17,6 +17,7 @@ import torch
 
 from posttrain.errors import ModelLoadError, MissingExtraError, require
 from posttrain.io import atomic_dir
+from posttrain.models.quantize import gather_rows_before_dequantizing
 from posttrain.models.specs import (
     BUILTIN_SPECS,
     EMBEDDED_DEFAULT,
@@ -109,6 +110,7 @@ def load_model(
             "(torch.load weights_only); use a safetensors copy of the model") from None
     if quantization_config is None:
         model.to(torch_device)
+    gather_rows_before_dequantizing(model)
     return model, tokenizer
 
 

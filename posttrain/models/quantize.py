@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 from pathlib import Path
 
 import torch
@@ -62,7 +63,44 @@ def dequantized(weight: torch.Tensor) -> torch.Tensor:
     multiply by the output head's weight transposed, which torchao's tensors do not support (they implement
     ``F.linear``, the model's own forward); quantized models are for inference, so no gradient is lost."""
     data = weight.data if isinstance(weight, torch.nn.Parameter) else weight
-    return data.dequantize() if type(data).__module__.startswith("torchao.") else weight
+    return data.dequantize() if _is_torchao(data) else weight
+
+
+def _is_torchao(tensor: torch.Tensor) -> bool:
+    return type(tensor).__module__.startswith("torchao.")
+
+
+def embedding_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``weight[ids]``: the rows of an embedding table for token ids of any shape, ``ids.shape + (dim,)``.
+
+    torchao's quantized tensors implement the lookup by dequantizing the whole table (49152 x 576 floats for
+    SmolLM2) and then indexing it, once per forward, i.e. per generated token. Every format here quantizes a row on
+    its own (block size 1 along the rows: one scale, or one per group, per token), so the rows' quantized values,
+    scales and zero points can be gathered first and only those rows dequantized: the same numbers, computed on
+    ``ids.numel()`` rows instead of the vocabulary. Plain tensors are indexed as they are."""
+    data = weight.data if isinstance(weight, torch.nn.Parameter) else weight
+    if not _is_torchao(data):
+        return torch.nn.functional.embedding(ids, weight)
+    names, context = data.__tensor_flatten__()
+    rows, flat = data.shape[0], ids.reshape(-1)
+    parts = {}
+    for name in names:
+        part = getattr(data, name)  # qdata (rows, dim); scale and zero point (rows,) or (rows, groups)
+        parts[name] = part.index_select(0, flat) if part.dim() > 0 and part.shape[0] == rows else part
+    gathered = type(data).__tensor_unflatten__(parts, context, (flat.numel(), *data.shape[1:]), None)
+    return gathered.dequantize().reshape(*ids.shape, -1)
+
+
+def gather_rows_before_dequantizing(model: torch.nn.Module) -> None:
+    """Make a torchao-quantized input embedding look up through ``embedding_rows`` (for inference: it has no
+    gradient, padding rows and ``max_norm`` do not apply)."""
+    embedding = model.get_input_embeddings()
+    if embedding is not None and _is_torchao(embedding.weight.data):
+        embedding.forward = types.MethodType(_embedding_rows_forward, embedding)  # a bound method deep-copies
+
+
+def _embedding_rows_forward(embedding: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return embedding_rows(embedding.weight, ids)
 
 
 def quantization_config(folder: Path, config, embeddings: bool = True):

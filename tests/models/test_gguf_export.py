@@ -1,5 +1,6 @@
 """GGUF export round trip: write with the gguf package, read back with transformers (`gguf_file=`)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,8 +103,8 @@ def test_metadata_and_types(source, tmp_path):
 
 
 def test_gguf_cannot_write_k_quants():
-    """Why --gguf q4_k is refused: gguf's Python quantizer has no Q4_K (it only dequantizes). When a gguf release
-    adds one, this fails: add q4_k to FORMATS with a round-trip test."""
+    """Why posttrain writes Q4_K itself (gguf_kquants.py) and refuses the other k-quants: gguf's Python quantizer
+    has no Q4_K (it only dequantizes). When a gguf release adds one, this fails: use it, and add the others."""
     import numpy as np
     from gguf import GGMLQuantizationType, quants
 
@@ -113,8 +114,76 @@ def test_gguf_cannot_write_k_quants():
 
 
 def test_bad_inputs_are_one_line_errors(source, tmp_path):
-    with pytest.raises(ConfigError, match="q4_k: the gguf package .* not write them.*llama-quantize"):
-        export_gguf(source[0], tmp_path / "x.gguf", "q4_k")
+    with pytest.raises(ConfigError, match="q5_k: the gguf package .* not write them.*llama-quantize"):
+        export_gguf(source[0], tmp_path / "x.gguf", "q5_k")
     with pytest.raises(ConfigError, match="no such folder"):
         export_gguf(tmp_path / "missing", tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def _on_q4_k_grid(blocks: int, seed: int) -> np.ndarray:
+    """Values a Q4_K block represents exactly: float16 d and dmin, 6-bit codes whose largest is 63 in every
+    super-block (so ``d = max(scale) / 63`` is d again), and 4-bit values reaching 0 and 15 in every sub-block."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(1e-4, 1e-2, (blocks, 1, 1)).astype(np.float16).astype(np.float32)
+    dmin = rng.uniform(1e-4, 1e-2, (blocks, 1, 1)).astype(np.float16).astype(np.float32)
+    sc, m = rng.integers(1, 64, (2, blocks, 8, 1))
+    sc[:, 0], m[:, 3] = 63, 63
+    q = rng.integers(0, 16, (blocks, 8, 32))
+    q[..., 0], q[..., 1] = 0, 15
+    return (d * sc * q - dmin * m).astype(np.float32).reshape(blocks // 2, 512)
+
+
+def test_q4_k_blocks_read_back_by_gguf():
+    """Our Q4_K blocks through gguf's own dequantizer: values on a Q4_K grid come back exactly (the packing of
+    scales, minimums and nibbles is the format's); random weights come back closer than Q4_0's and Q4_1's (at
+    4.5 bits per value against their 4.5 and 5), and a zero or constant row is kept (to float16's precision)."""
+    from gguf import GGMLQuantizationType as T
+    from gguf import quants
+
+    from posttrain.models.gguf_kquants import quantize_q4_k
+
+    exact = _on_q4_k_grid(8, 0)
+    blocks = quantize_q4_k(exact)
+    assert blocks.shape == (4, 2 * 144) and blocks.dtype == np.uint8
+    assert np.abs(quants.dequantize(blocks, T.Q4_K) - exact).max() <= 1e-6 * np.abs(exact).max()
+    weights = np.random.default_rng(1).standard_normal((64, 512)).astype(np.float32) * 0.02
+
+    def rms(fmt, data):
+        return np.sqrt(((quants.dequantize(data, fmt) - weights) ** 2).mean()) / np.sqrt((weights ** 2).mean())
+
+    ours = rms(T.Q4_K, quantize_q4_k(weights))
+    assert ours < rms(T.Q4_1, quants.quantize(weights, T.Q4_1)) < rms(T.Q4_0, quants.quantize(weights, T.Q4_0))
+    constant = np.stack([np.zeros(256), np.full(256, 0.5), -np.linspace(0, 1, 256)]).astype(np.float32)
+    error = np.abs(quants.dequantize(quantize_q4_k(constant), T.Q4_K) - constant).max(-1)
+    assert error[0] == 0 and error[1] < 0.5 * 1e-3 and error[2] < 1 / 15 / 2  # zeros; d's float16; half a step
+    with pytest.raises(ValueError, match="multiple of 256"):
+        quantize_q4_k(weights[:, :320])
+
+
+def test_q4_k_export_round_trip(source, tmp_path):
+    """--gguf q4_k on a llama whose rows are 256 and 512 wide: Q4_K tensors, read back by transformers with logits
+    near the source's; the tiny source's 64-wide rows fall back to Q5_0, as llama.cpp's quantizer does."""
+    from gguf import GGUFReader
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder, _, tokenizer = source
+    wide = tmp_path / "wide"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                         bos_token_id=1, eos_token_id=2, pad_token_id=2)).eval()
+    model.save_pretrained(wide)
+    tokenizer.save_pretrained(wide)
+    path = export_gguf(wide, tmp_path / "wide-q4_k.gguf", "q4_k")
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
+    assert types["blk.0.attn_q.weight"] == types["blk.1.ffn_down.weight"] == types["token_embd.weight"] == "Q4_K"
+    loaded, _ = _load(path)
+    ids = torch.randint(0, 308, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = model(ids).logits, loaded(ids).logits
+    relative = ((actual - expected).abs().max() / expected.abs().max()).item()
+    print(f"gguf q4_k: max |logits - source| / max |source| = {relative:.2e}, file {path.stat().st_size} bytes")
+    assert 0 < relative < 0.25
+    narrow = export_gguf(folder, tmp_path / "narrow-q4_k.gguf", "q4_k")
+    assert {t.name: t.tensor_type.name for t in GGUFReader(str(narrow)).tensors}["blk.0.attn_q.weight"] == "Q5_0"

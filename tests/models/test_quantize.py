@@ -1,6 +1,8 @@
 """Weight quantization with torchao (posttrain.models.quantize, `posttrain quantize`); runs when torchao is installed
 (pip install 'posttrain[quantize]')."""
 
+import copy
+
 import pytest
 import torch
 
@@ -8,7 +10,11 @@ pytest.importorskip("torchao", reason="torchao is not installed: pip install 'po
 
 from posttrain.errors import ConfigError  # noqa: E402
 from posttrain.models import build_tiny_model, load_model  # noqa: E402
-from posttrain.models.quantize import quantize_model  # noqa: E402
+from posttrain.models.quantize import (  # noqa: E402
+    embedding_rows,
+    gather_rows_before_dequantizing,
+    quantize_model,
+)
 
 VOCAB = 256
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -145,3 +151,33 @@ def test_a_quantized_teacher_distills_like_its_float_original(source, tmp_path, 
     full = DistillMethod(teacher.requires_grad_(False), config).loss(student, batch).loss_sum
     int8 = DistillMethod(quantized.requires_grad_(False), config).loss(student, batch).loss_sum
     assert int8.item() == pytest.approx(full.item(), rel=2e-2) and int8.item() != full.item()
+
+
+@pytest.mark.parametrize("fmt, group_size", [("int8", None), ("int8", 32), ("int4", 32)])
+def test_embedding_lookup_gathers_rows_before_dequantizing(source, tmp_path, fmt, group_size):
+    """The quantized embedding's lookup dequantizes only the looked-up rows, and they equal the whole dequantized
+    table's rows bit for bit; the model's logits are those of torchao's own lookup; a deep copy keeps its own table."""
+    folder, _ = source
+    quantized, _ = load_model(str(quantize_model(folder, tmp_path / fmt, fmt, group_size)), device="cpu")
+    embedding = quantized.get_input_embeddings()
+    ids = torch.tensor([[3, 250, 3, 0], [17, 17, 99, 1]])
+    table = embedding.weight.dequantize()
+    shapes, dequantize = [], type(embedding.weight.data).dequantize
+
+    def recording(self, *args, **kwargs):
+        shapes.append(tuple(self.shape))
+        return dequantize(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(embedding.weight.data), "dequantize", recording)
+        rows = embedding(ids)
+    assert shapes == [(8, table.shape[1])]  # eight rows, never the 256-row table
+    assert rows.shape == (2, 4, table.shape[1]) and torch.equal(rows, table[ids])
+    assert torch.equal(embedding_rows(embedding.weight, ids[0]), table[ids[0]])
+    with torch.no_grad():
+        ours = quantized(ids).logits
+        del embedding.forward  # back to nn.Embedding's forward: torchao dequantizes the table
+        assert torch.equal(ours, quantized(ids).logits)
+    gather_rows_before_dequantizing(quantized)
+    copied = copy.deepcopy(quantized)
+    assert copied.get_input_embeddings().forward.__self__ is copied.get_input_embeddings()
