@@ -24,13 +24,17 @@ MODEL = os.environ.get("CLASSIFY_BENCH_MODEL", "smollm2-135m-instruct")
 EVAL_N = int(os.environ.get("CLASSIFY_BENCH_EVAL_N", "200"))
 BATCH, MAX_LENGTH = 16, 32
 ROOT = Path(__file__).resolve().parents[1]
-EVAL_PATH = ROOT / "data" / "classify" / "arithmetic_truth_eval.jsonl"
 VARIANTS = {  # name -> config overrides of ours
     "head": {"head_only": True, "learning_rate": 1e-3},
     "half": {"freeze": {"embeddings": True, "layers": "lower-half"}, "learning_rate": 3e-5},
     "lora": {"lora": {"enabled": True, "r": 16}, "learning_rate": 5e-4},
     "full": {"learning_rate": 3e-5},
 }
+
+
+def eval_path(data: Path) -> Path:
+    """The held-out file beside a shipped training file: ``<task>_train.jsonl`` -> ``<task>_eval.jsonl``."""
+    return data.with_name(data.name.replace("_train", "_eval"))
 
 
 def run_ours(which: str, data: Path, steps: int, out_dir: Path) -> dict:
@@ -45,7 +49,7 @@ def run_ours(which: str, data: Path, steps: int, out_dir: Path) -> dict:
     config = {"method": "classify", "model": MODEL, "output_dir": str(out_dir), "max_steps": steps,
               "batch_size": BATCH, "lr_schedule": "constant", "pooling": "last", "logging_steps": 1,
               "eval_on_start": False, "progress_bar": False, "eval_batch_size": 50,
-              "data": {"path": str(data), "eval_path": str(EVAL_PATH), "eval_split": f"[:{EVAL_N}]",
+              "data": {"path": str(data), "eval_path": str(eval_path(data)), "eval_split": f"[:{EVAL_N}]",
                        "max_length": MAX_LENGTH}, **overrides}
     start = time.perf_counter()
     evaluation = train(config)
@@ -64,6 +68,7 @@ def run_transformers(data: Path, steps: int, out_dir: Path) -> dict:
     from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
     from posttrain.data.classification import encode_text
+    from posttrain.math.classification_metrics import accuracy, confusion_matrix, macro_f1
     from posttrain.models import load_tokenizer
     from posttrain.models.loading import model_folder
     from posttrain.models.reward_model import distinct_pad_token
@@ -103,15 +108,17 @@ def run_transformers(data: Path, steps: int, out_dir: Path) -> dict:
                       data_collator=collate, callbacks=[StepTimes()])
     trainer.train()
     wall = time.perf_counter() - start
-    held_out = encoded([json.loads(line) for line in EVAL_PATH.read_text().splitlines()][:EVAL_N])
+    held_out = encoded([json.loads(line) for line in eval_path(data).read_text().splitlines()][:EVAL_N])
     model.eval()
-    correct = 0
+    predictions = []
     with torch.no_grad():
         for i in range(0, len(held_out), 50):
             batch = collate(held_out[i : i + 50])
-            correct += int((model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                            .argmax(-1) == batch["labels"]).sum())
-    return {"accuracy": correct / len(held_out), "macro_f1": float("nan"), "first_loss": 0.0,
+            predictions.append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                               .argmax(-1))
+    predicted, labels = torch.cat(predictions), torch.tensor([r["labels"] for r in held_out])
+    return {"accuracy": accuracy(predicted, labels),
+            "macro_f1": macro_f1(confusion_matrix(predicted, labels, len(names))), "first_loss": 0.0,
             "trainable": sum(p.numel() for p in model.parameters()), "wall_s": wall,
             "tokens": sum(token_counts[1:steps]), "seconds": step_ends[-1] - step_ends[0]}
 
