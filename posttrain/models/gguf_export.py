@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 FORMATS = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
            "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1"), "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
            "q4_1": ("Q4_1", "MOSTLY_Q4_1"), "q4_0": ("Q4_0", "MOSTLY_Q4_0"), "q4_k": ("Q4_K", "MOSTLY_Q4_K_S")}
-# Where a row does not fill whole blocks of a type, the type llama.cpp's quantizer falls back to.
+# Where a row does not fill whole blocks of a type, the type llama.cpp's quantizer falls back to; for the output head
+# (or the embedding tied to it) llama.cpp's Q4_K_S wants Q6_K, whose fallback is Q8_0.
 FALLBACK = {"Q4_K": "Q5_0"}
+HEAD_FALLBACK = {"Q4_K": "Q8_0"}
 # The other k-quants: gguf's Python package (0.19.0, its newest release) reads them but has no quantizer for them
 # (`gguf.quants.Q4_K` defines dequantize_blocks only; Q4_K is ours, gguf_kquants.py); llama.cpp's C++
 # `llama-quantize` writes them from our f16 file.
@@ -63,6 +65,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, fmt: str = "f16",
         _add_metadata(writer, gguf, config, model_dir, fmt)
         vocab_size = _add_tokenizer(writer, gguf, model_dir, config["vocab_size"], tokenizer_pre)
         with TensorReader(model_dir) as reader:
+            tied = not any(name.endswith("lm_head.weight") for name in reader.names())
             for name in reader.names():
                 gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
                 if gguf_name is None:
@@ -77,7 +80,10 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, fmt: str = "f16",
                 if name.endswith("embed_tokens.weight") and data.shape[0] != vocab_size:
                     raise ConfigError(f"{model_dir}: the embedding has {data.shape[0]} rows but the tokenizer "
                                       f"{vocab_size} tokens")
-                _add_tensor(writer, gguf, gguf_name, data, qtype)
+                if not np.isfinite(data).all():
+                    raise ConfigError(f"{model_dir}: tensor {name!r} has NaN or infinite values")
+                head = gguf_name == "output.weight" or (tied and gguf_name == "token_embd.weight")
+                _add_tensor(writer, gguf, gguf_name, data, qtype, head)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -191,7 +197,7 @@ def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def _add_tensor(writer, gguf, name: str, data: np.ndarray, qtype) -> None:
+def _add_tensor(writer, gguf, name: str, data: np.ndarray, qtype, head: bool = False) -> None:
     from gguf import quants
 
     from posttrain.models.gguf_kquants import quantize_q4_k
@@ -200,10 +206,11 @@ def _add_tensor(writer, gguf, name: str, data: np.ndarray, qtype) -> None:
         writer.add_tensor(name, data.astype(np.float32))
         return
     block, _ = gguf.GGML_QUANT_SIZES[qtype]
-    if data.shape[-1] % block and qtype.name in FALLBACK:  # as llama.cpp: Q4_K rows of 576 values are Q5_0
+    fallback = HEAD_FALLBACK if head else FALLBACK
+    if data.shape[-1] % block and qtype.name in fallback:  # as llama.cpp: Q4_K rows of 576 values are Q5_0
         log.info("%s: row length %d is not a multiple of %d; written as %s", name, data.shape[-1], block,
-                 FALLBACK[qtype.name])
-        qtype = gguf.GGMLQuantizationType[FALLBACK[qtype.name]]
+                 fallback[qtype.name])
+        qtype = gguf.GGMLQuantizationType[fallback[qtype.name]]
         block, _ = gguf.GGML_QUANT_SIZES[qtype]
     if data.shape[-1] % block:  # rows that do not fill whole blocks fall back to F16, as llama.cpp does
         log.warning("%s: row length %d is not a multiple of %d; written as F16", name, data.shape[-1], block)

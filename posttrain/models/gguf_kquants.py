@@ -9,9 +9,10 @@ A super-block holds 256 consecutive values of a row as 8 sub-blocks of 32 (4.5 b
 
     value = d * sc[j] * q - dmin * m[j]        q in 0..15 (4 bits), sc[j], m[j] in 0..63 (6 bits), j = sub-block
 
-``d`` and ``dmin`` are float16 per super-block. Choosing the numbers (our reading of ``make_qkx2_quants``, without
-importance weights): per sub-block, an affine grid ``scale * q + min`` (min <= 0) fitted by least squares after
-rounding, over 21 candidate grid spacings around ``(max - min) / 15``, the one with the smallest squared error kept;
+``d`` and ``dmin`` are float16 per super-block. Choosing the numbers (after llama.cpp's ``make_qkx2_quants``, but
+unweighted: llama.cpp weights each value's squared error by rms + |x|): per sub-block, an affine grid
+``scale * q + min`` (min <= 0) fitted by least squares after rounding, over 21 candidate grid spacings around
+``(max - min) / 15``, the one with the smallest squared error kept (a flat sub-block gets scale 0);
 then the 8 scales and 8 negated minimums of a super-block are rounded to 6 bits on ``d = max(scale) / 63`` and
 ``dmin = max(-min) / 63``, and the values are rounded once more on the grid those stored numbers give.
 """
@@ -22,6 +23,7 @@ import numpy as np
 
 QK_K, SUB, LEVELS = 256, 32, 15  # values per super-block, per sub-block; 4-bit levels 0..15
 Q4_K_BYTES = 2 + 2 + 12 + QK_K // 2  # d, dmin, packed 6-bit scales and minimums, 4-bit values
+CHUNK = 16384  # super-blocks quantized together: the search's temporaries are ~5x its input, so bound them
 
 
 def _fit_affine(x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,8 +43,9 @@ def _fit_affine(x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _sub_block_grids(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per sub-block ``(scale, min)`` of ``x`` shaped ``(..., 32)``: the best of 21 candidate spacings."""
     low, high = np.minimum(x.min(-1), 0.0), x.max(-1)
-    span = np.where(high > low, high - low, 1.0)
-    best_scale, best_min = span / LEVELS, low
+    flat = high <= low  # zeros, or one negative constant: scale 0, or its super-block's shared d would be wasted on it
+    span = np.where(flat, 1.0, high - low)
+    best_scale, best_min = np.where(flat, 0.0, span / LEVELS), low
     best_error = _error(x, best_scale, best_min)
     for step in range(21):  # inverse spacings (15 - 1 + 0.1 step) / span, as make_qkx2_quants(rmin=-1, rdelta=0.1)
         inverse = (LEVELS - 1.0 + 0.1 * step) / span
@@ -89,6 +92,13 @@ def quantize_q4_k(data: np.ndarray) -> np.ndarray:
     144)``, the shape ``gguf``'s writer takes with ``raw_dtype=Q4_K``."""
     if data.shape[-1] % QK_K:
         raise ValueError(f"Q4_K needs rows of a multiple of {QK_K} values, not {data.shape[-1]}")
+    flat = data.reshape(-1, QK_K)
+    blocks = np.concatenate([_quantize_blocks(flat[i : i + CHUNK]) for i in range(0, len(flat), CHUNK)])
+    return blocks.reshape(*data.shape[:-1], data.shape[-1] // QK_K * Q4_K_BYTES)
+
+
+def _quantize_blocks(data: np.ndarray) -> np.ndarray:
+    """``(blocks, 256)`` floats -> ``(blocks, 144)`` bytes."""
     x = data.astype(np.float32).reshape(-1, QK_K // SUB, SUB)  # (blocks, 8, 32)
     scale, minimum = _sub_block_grids(x)
     d, sc = _six_bits(scale)
@@ -98,6 +108,4 @@ def quantize_q4_k(data: np.ndarray) -> np.ndarray:
     q = _levels(x, stored_scale, stored_min).astype(np.uint8)  # (blocks, 8, 32)
     pairs = q.reshape(-1, 4, 2, SUB)  # sub-blocks 2i and 2i+1 share 32 bytes: low and high nibble
     qs = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(-1, QK_K // 2)
-    blocks = np.concatenate([d[:, None].view(np.uint8), dmin[:, None].view(np.uint8), _pack_scales(sc, m), qs],
-                            axis=-1)
-    return blocks.reshape(*data.shape[:-1], data.shape[-1] // QK_K * Q4_K_BYTES)
+    return np.concatenate([d[:, None].view(np.uint8), dmin[:, None].view(np.uint8), _pack_scales(sc, m), qs], axis=-1)

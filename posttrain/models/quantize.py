@@ -79,7 +79,7 @@ def embedding_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     scales and zero points can be gathered first and only those rows dequantized: the same numbers, computed on
     ``ids.numel()`` rows instead of the vocabulary. Plain tensors are indexed as they are."""
     data = weight.data if isinstance(weight, torch.nn.Parameter) else weight
-    if not _is_torchao(data):
+    if not _gatherable(data):
         return torch.nn.functional.embedding(ids, weight)
     names, context = data.__tensor_flatten__()
     rows, flat = data.shape[0], ids.reshape(-1)
@@ -95,8 +95,15 @@ def gather_rows_before_dequantizing(model: torch.nn.Module) -> None:
     """Make a torchao-quantized input embedding look up through ``embedding_rows`` (for inference: it has no
     gradient, padding rows and ``max_norm`` do not apply)."""
     embedding = model.get_input_embeddings()
-    if embedding is not None and _is_torchao(embedding.weight.data):
+    weight = getattr(embedding, "weight", None)
+    # only nn.Embedding's own lookup: a subclass's forward may do more (Gemma scales the rows by sqrt(hidden))
+    if weight is not None and type(embedding).forward is torch.nn.Embedding.forward and _gatherable(weight.data):
         embedding.forward = types.MethodType(_embedding_rows_forward, embedding)  # a bound method deep-copies
+
+
+def _gatherable(data: torch.Tensor) -> bool:
+    """A torchao table whose rows are quantized each on their own (block size 1 along the rows)."""
+    return _is_torchao(data) and data.ndim == 2 and tuple(getattr(data, "block_size", (0,)))[0] == 1
 
 
 def _embedding_rows_forward(embedding: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

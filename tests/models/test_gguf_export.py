@@ -118,7 +118,15 @@ def test_bad_inputs_are_one_line_errors(source, tmp_path):
         export_gguf(source[0], tmp_path / "x.gguf", "q5_k")
     with pytest.raises(ConfigError, match="no such folder"):
         export_gguf(tmp_path / "missing", tmp_path / "x.gguf")
-    assert not (tmp_path / "x.gguf").exists()
+    broken = tmp_path / "broken"
+    model = build_tiny_model(0, vocab_size=320)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    model.save_pretrained(broken)
+    source[2].save_pretrained(broken)
+    with pytest.raises(ConfigError, match="layers.1.mlp.up_proj.weight' has NaN or infinite values"):
+        export_gguf(broken, tmp_path / "x.gguf", "q8_0")
+    assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".tmp-*"))
 
 
 def _on_q4_k_grid(blocks: int, seed: int) -> np.ndarray:
@@ -159,11 +167,18 @@ def test_q4_k_blocks_read_back_by_gguf():
     assert error[0] == 0 and error[1] < 0.5 * 1e-3 and error[2] < 1 / 15 / 2  # zeros; d's float16; half a step
     with pytest.raises(ValueError, match="multiple of 256"):
         quantize_q4_k(weights[:, :320])
+    # a flat (here all-zero) sub-block must not take its super-block's shared scale: the others keep Q4_K's error
+    small = weights[:, :256] / 10
+    small[:, 64:96] = 0
+    back = quants.dequantize(quantize_q4_k(small), T.Q4_K)
+    assert (back[:, 64:96] == 0).all()
+    assert np.sqrt(((back - small) ** 2).mean() / (small ** 2).mean()) < 0.1
 
 
 def test_q4_k_export_round_trip(source, tmp_path):
     """--gguf q4_k on a llama whose rows are 256 and 512 wide: Q4_K tensors, read back by transformers with logits
-    near the source's; the tiny source's 64-wide rows fall back to Q5_0, as llama.cpp's quantizer does."""
+    near the source's; the tiny source's 64-wide rows fall back as llama.cpp's quantizer does: Q5_0, and Q8_0 for
+    the embedding that is also the output head."""
     from gguf import GGUFReader
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -186,4 +201,26 @@ def test_q4_k_export_round_trip(source, tmp_path):
     print(f"gguf q4_k: max |logits - source| / max |source| = {relative:.2e}, file {path.stat().st_size} bytes")
     assert 0 < relative < 0.25
     narrow = export_gguf(folder, tmp_path / "narrow-q4_k.gguf", "q4_k")
-    assert {t.name: t.tensor_type.name for t in GGUFReader(str(narrow)).tensors}["blk.0.attn_q.weight"] == "Q5_0"
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(narrow)).tensors}
+    assert types["blk.0.attn_q.weight"] == "Q5_0" and types["token_embd.weight"] == "Q8_0"  # the tied head: Q8_0
+
+
+def test_llama_cpp_greedy_generation_matches_ours(source, tmp_path):
+    """llama.cpp itself reads the exported file and decodes greedily what transformers decodes from the source.
+    Runs where llama-cpp-python is installed; PyPI has it as source only (a C++ build), so not in CI here."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (source only on PyPI)")
+    folder, model, tokenizer = source
+    path = export_gguf(folder, tmp_path / "model-f32.gguf", "f32")
+    prompt = tokenizer("What is 7 times 8? The answer is").input_ids
+    ids, ours = torch.tensor([prompt]), []
+    with torch.no_grad():
+        for _ in range(8):  # plain argmax decoding, no end-of-sequence stop (as llama.cpp's generate)
+            ours.append(int(model(ids).logits[0, -1].argmax()))
+            ids = torch.cat([ids, torch.tensor([[ours[-1]]])], dim=1)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False)
+    theirs = []
+    for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        theirs.append(int(token))
+        if len(theirs) == len(ours):
+            break
+    assert theirs == ours

@@ -153,7 +153,7 @@ def test_a_quantized_teacher_distills_like_its_float_original(source, tmp_path, 
     assert int8.item() == pytest.approx(full.item(), rel=2e-2) and int8.item() != full.item()
 
 
-@pytest.mark.parametrize("fmt, group_size", [("int8", None), ("int8", 32), ("int4", 32)])
+@pytest.mark.parametrize("fmt, group_size", [("int8", None), ("int8", 32), ("int8-dynamic", None), ("int4", 32)])
 def test_embedding_lookup_gathers_rows_before_dequantizing(source, tmp_path, fmt, group_size):
     """The quantized embedding's lookup dequantizes only the looked-up rows, and they equal the whole dequantized
     table's rows bit for bit; the model's logits are those of torchao's own lookup; a deep copy keeps its own table."""
@@ -181,3 +181,12 @@ def test_embedding_lookup_gathers_rows_before_dequantizing(source, tmp_path, fmt
     gather_rows_before_dequantizing(quantized)
     copied = copy.deepcopy(quantized)
     assert copied.get_input_embeddings().forward.__self__ is copied.get_input_embeddings()
+
+    class ScaledEmbedding(torch.nn.Embedding):  # as Gemma's: its own forward, which the patch must not replace
+        def forward(self, ids):
+            return super().forward(ids) * 8.0
+
+    del embedding.forward
+    embedding.__class__ = ScaledEmbedding
+    gather_rows_before_dequantizing(quantized)
+    assert "forward" not in vars(embedding) and torch.equal(embedding(ids), table[ids] * 8.0)
