@@ -43,7 +43,8 @@ def check(model, method, save_best: bool) -> None:
     name = type(method).__name__
     if not getattr(method, "fsdp", False):
         raise ConfigError(f"distributed.strategy=fsdp: {name} is not tested under FSDP yet (SFT, DPO, KTO, the reward "
-                          "model, GRPO, RLOO, REINFORCE and PPO are); use distributed.strategy=ddp")
+                          "model, GRPO, RLOO, REINFORCE, PPO, online DPO, distill, GKD and classify are); use "
+                          "distributed.strategy=ddp")
     if save_best:
         raise ConfigError("distributed.strategy=fsdp does not write best/ yet: set save_best=false (final/ and the "
                           "checkpoints are written)")

@@ -201,7 +201,9 @@ class Engine:
             log.warning("step %d: no item in the step batch carries loss (all masked or filtered); no update",
                         self.state["step"] + 1)
             self.state["window"]["empty"] = self.state["window"].get("empty", 0) + 1
-            return 0.0, self.method.step_metrics(), 0, 0.0, True
+            # the method's per-step figures (a rollout's reward) are still over all ranks, not rank 0's alone
+            _, metrics, _ = distributed.step_figures(0.0, {}, self.method.step_metrics(), 0)
+            return 0.0, metrics, 0, 0.0, True
         if self.step_in_backward:
             self.step_in_backward.start()
         loss_total, metrics = self._backward(micro, total_items)

@@ -44,7 +44,8 @@ class Method:
     #: run it in more than one process
     data_parallel: bool = True
     #: whether the method is tested under ``distributed.strategy: fsdp`` (posttrain.engine.fsdp): all its forward
-    #: passes of the policy go through ``token_logps``, the same number on every rank
+    #: passes of the policy go through ``as_root_forward`` (``token_logps``) or the model's own forward, the same
+    #: number on every rank
     fsdp: bool = False
 
     def collate(self, examples: list, pad_token_id: int) -> dict[str, torch.Tensor]:

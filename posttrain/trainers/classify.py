@@ -105,6 +105,10 @@ def problem_type(config: ClassifyConfig, num_labels: int) -> str:
 class ClassifyMethod(Method):
     """The per-example loss summed over the batch, normalised by the step's example count; its own evaluation."""
 
+    # tested under distributed.strategy: fsdp (tests/distributed): the classifier's own forward is the root's, so FSDP
+    # gathers the embedding and the score head around it; the evaluation runs the same batches on every rank
+    fsdp = True
+
     def __init__(self, config: ClassifyConfig, spec: ClassifierSpec, eval_examples: list, pad_token_id: int):
         self.config, self.spec = config, spec
         self.eval_examples, self.pad_token_id = eval_examples, pad_token_id

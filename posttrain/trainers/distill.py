@@ -38,7 +38,7 @@ from posttrain.math import (
     shifted_targets,
 )
 from posttrain.models import load_model
-from posttrain.models.forward import causal_lm, hidden_states
+from posttrain.models.forward import as_root_forward, causal_lm, hidden_states
 from posttrain.models.pruning import prune_in_memory
 from posttrain.models.quantize import dequantized
 from posttrain.trainers.common import (
@@ -183,6 +183,10 @@ def student_name(config: DistillConfig, report: dict | None) -> str:
 class DistillMethod(Method):
     """Summed per-token alpha T^2 D + (1 - alpha) NLL over the completion tokens; metrics: divergence and NLL."""
 
+    # tested under distributed.strategy: fsdp (tests/distributed): the student's loss runs as a forward of its root
+    # (as_root_forward); the teacher stays a whole frozen copy on every rank
+    fsdp = True
+
     def __init__(self, teacher, config: DistillConfig):
         self.teacher = teacher
         self.config = config
@@ -196,7 +200,8 @@ class DistillMethod(Method):
         return int(batch["loss_mask"][:, 1:].sum())
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> LossOutput:
-        out = token_distillation_loss(model, self.teacher, batch, self.config)
+        # under FSDP the student's embedding and head are gathered around it (the loss multiplies by the head's weight)
+        out = as_root_forward(model, token_distillation_loss, model, self.teacher, batch, self.config)
         return LossOutput(out.loss_sum, {"divergence": float(out.divergence.sum()), "nll": float(-out.logps.sum())})
 
 

@@ -35,6 +35,7 @@ import torch
 
 from posttrain.config import option
 from posttrain.data import collate_sequences, load_examples
+from posttrain.engine import distributed, fsdp
 from posttrain.errors import ConfigError
 from posttrain.rollout import SamplingParams, sample
 from posttrain.tasks import Problem, extract_answer, get_task
@@ -90,6 +91,8 @@ class GKDConfig(DistillConfig):
 class GKDMethod(DistillMethod):
     """``DistillMethod``'s loss, after ``prepare_step`` has swapped the step's completions for sampled ones."""
 
+    fsdp = True  # tested under distributed.strategy: fsdp (tests/distributed); sampling gathers the full weights
+
     def __init__(self, teacher, config: GKDConfig, tokenizer):
         super().__init__(teacher, config)
         self.tokenizer = tokenizer
@@ -111,11 +114,17 @@ class GKDMethod(DistillMethod):
         checked = source is self.teacher and self.checker is not None
         if checked:
             self.metrics.update(kd_kept=0.0, kd_dropped=0.0)
-        for batch in micro_batches:
+        # under torchrun this rank's prompts draw the streams of their places in the step batch (as one process
+        # would); under FSDP the student is gathered once for all micro-batches (fsdp.full_weights)
+        params.prompt_offset = distributed.items_before_rank(sum(b["input_ids"].shape[0] for b in micro_batches))
+        rollouts = []
+        with fsdp.full_weights(source):
+            for batch in micro_batches:
+                rollouts.append(sample(source, self.tokenizer, prompt_ids(batch), params))
+                params.prompt_offset += batch["input_ids"].shape[0]  # each micro-batch's prompts: their own streams
+        for batch, rollout in zip(micro_batches, rollouts):
             prompts = prompt_ids(batch)
             references = reference_texts(batch, self.tokenizer) if checked else None
-            rollout = sample(source, self.tokenizer, prompts, params)
-            params.prompt_offset += len(prompts)  # each micro-batch's prompts draw their own random streams
             lengths = rollout.completion_mask.sum(-1).tolist()
             rows = collate_sequences([(p, rollout.completion_ids[i, : lengths[i]].tolist())
                                       for i, p in enumerate(prompts)], self.tokenizer.pad_token_id)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from posttrain.config import option
-from posttrain.engine import LossOutput
+from posttrain.engine import LossOutput, fsdp
 from posttrain.math import masked_sum
 from posttrain.math.preference import LENGTH_NORMALISED_DPO, dpo_loss, reward_metric_sums
 from posttrain.models.forward import token_logps
@@ -61,12 +61,14 @@ def preference_order(first_better: list[bool | None]) -> tuple[torch.Tensor, tor
 class OnlineDPOMethod(OnlineRLMethod):
     """Rollout and labels in ``prepare_step``; the DPO loss on the labelled pairs in ``loss``."""
 
+    fsdp = True  # tested under distributed.strategy: fsdp (tests/distributed); sampling gathers the full weights
+
     def __init__(self, config: OnlineDPOConfig, tokenizer, setup, reference: ReferencePolicy, judge=None):
         super().__init__(config, tokenizer, setup)
         self.reference, self.judge = reference, judge
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
-        return len(batch["input_ids"]) // 2 if "input_ids" in batch else 0
+        return len(batch["input_ids"]) // 2 if "input_ids" in batch and "placeholder" not in batch else 0
 
     def label(self, scored) -> list[bool | None]:
         """Per prompt: is its first completion the better one (None: no preference)."""
@@ -90,6 +92,11 @@ class OnlineDPOMethod(OnlineRLMethod):
             batch.clear()
             if len(c):  # chosen rows first, then their rejected rows, as DPO's batches
                 batch.update({k: v[torch.cat([c, r]).to(v.device)] for k, v in rows.items()})
+            elif fsdp.is_sharded(model):  # every rank runs every pass under FSDP: a pair that carries no loss,
+                # scored without an attention mask (causal positions instead), so that no token of it is counted
+                pair = {k: v[:2] for k, v in rows.items() if k != "attention_mask"}
+                positions = torch.arange(pair["input_ids"].shape[1], device=pair["input_ids"].device)
+                batch.update(pair, position_ids=positions.expand_as(pair["input_ids"]), placeholder=torch.ones(()))
         self.rollout_metrics = dict(rollout_metrics(scored), labelled_fraction=len(chosen) / len(self.step_prompts))
         self.train_started = time.perf_counter()
 
@@ -109,6 +116,8 @@ class OnlineDPOMethod(OnlineRLMethod):
         metrics.update({"logps/chosen": float(chosen_logps.sum()), "logps/rejected": float(rejected_logps.sum()),
                         "length/chosen": float(lengths.chunk(2)[0].sum()),
                         "length/rejected": float(lengths.chunk(2)[1].sum())})
+        if "placeholder" in batch:  # FSDP's pass on a rank without a labelled pair: zero gradient, nothing counted
+            return LossOutput(out.losses.sum() * 0.0, dict.fromkeys(metrics, 0.0))
         return LossOutput(out.losses.sum(), metrics)
 
     def step_metrics(self) -> dict[str, float]:

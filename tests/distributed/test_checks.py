@@ -51,12 +51,15 @@ def test_optimizer_in_backward_is_refused(tiny_model, two_processes):
 def test_fsdp_refuses_what_it_does_not_run_yet(tiny_model, two_processes):
     from posttrain.engine.config import DistributedConfig
 
-    from posttrain.trainers.online_dpo import OnlineDPOMethod
+    from posttrain.trainers import ClassifyMethod, DistillMethod, GKDMethod, OnlineDPOMethod
+
+    class Untested(SFTMethod):
+        fsdp = False
 
     fsdp = {"distributed": DistributedConfig(strategy="fsdp")}
-    assert SFTMethod.fsdp and PPOMethod.fsdp and not OnlineDPOMethod.fsdp
-    with pytest.raises(ConfigError, match="OnlineDPOMethod is not tested under FSDP yet"):
-        engine(tiny_model, OnlineDPOMethod.__new__(OnlineDPOMethod), 8, **fsdp)
+    assert all(m.fsdp for m in (SFTMethod, PPOMethod, OnlineDPOMethod, ClassifyMethod, DistillMethod, GKDMethod))
+    with pytest.raises(ConfigError, match="Untested is not tested under FSDP yet"):
+        engine(tiny_model, Untested(), 8, **fsdp)
     with pytest.raises(ConfigError, match="save_best=false"):
         engine(tiny_model, SFTMethod(), 8, save_best=True, **fsdp)
     engine(tiny_model, SFTMethod(), 8, **fsdp)  # accepted: sharding happens when training starts

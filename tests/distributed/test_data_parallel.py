@@ -33,7 +33,7 @@ def launch(tmp_path_factory):
     train("sft", root / "data", root / f"sft_1x{WORLD * MICRO}_to_step_2", WORLD * MICRO, max_steps=2, save_steps=2)
     train("sft", root / "data", root / f"sft_uneven_1x{WORLD * MICRO}", WORLD * MICRO, **uneven(root / "data"))
     train("kto", root / "data", root / f"kto_uneven_1x{WORLD * MICRO}", WORLD * MICRO, **uneven_kto(root / "data"))
-    outcomes = run_ranks(all_scenarios, root / "data", root, timeout=500)  # a hang would end here, and fail
+    outcomes = run_ranks(all_scenarios, root / "data", root, timeout=1200)  # a hang would end here, and fail
     for name in scenarios(root / "data"):
         train(name, root / "data", root / f"{name}_1x{WORLD * MICRO}", WORLD * MICRO)
     return root, outcomes
@@ -130,14 +130,26 @@ def test_fsdp_takes_the_steps_of_one_process_with_twice_the_batch(two_process_ru
     for one, two in zip(one_records, two_records):
         assert math.isclose(two["loss"], one["loss"], rel_tol=rel_tol, abs_tol=1e-6), (one["step"], one, two)
         assert two["num_tokens"] == one["num_tokens"]
-        # the norms differ in the 6th digit: one process sums 3.2M squares in fp32, FSDP per shard (closer to fp64)
-        assert math.isclose(two["grad_norm"], one["grad_norm"], rel_tol=1e-4)
-        if name in ("grpo", "reinforce"):  # rollouts sampled on the gathered weights: the same completions
-            assert math.isclose(two["reward"], one["reward"], abs_tol=1e-6)
+        # the norms differ in the 6th digit: one process sums 3.2M squares in fp32, FSDP per shard (closer to fp64);
+        # in the 5th for distillation, whose head gradient is dense over the vocabulary: one process's fp32 norm of
+        # a distill step's gradient is 5.6e-5 below its fp64 norm (1.285986, 1.286058), GKD's runs differ by 2e-4
+        assert math.isclose(two["grad_norm"], one["grad_norm"], rel_tol=3e-4 if name in ("distill", "gkd") else 1e-4)
+        if name in ("grpo", "reinforce", "online_dpo"):  # rollouts sampled on the gathered weights: the same
+            assert math.isclose(two["reward"], one["reward"], abs_tol=1e-6)  # completions
+        if name in ("grpo", "reinforce", "online_dpo", "gkd"):
             assert math.isclose(two["completion_length"], one["completion_length"], rel_tol=1e-9)
     assert sorted(two_weights) == sorted(one_weights)  # sft_lora: the adapter only, as in one process
     for key, weight in one_weights.items():
         torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
+    if name == "online_dpo":  # a step with one labelled pair of 4: the other rank ran a pair that carries no loss
+        assert 0.25 in [r["labelled_fraction"] for r in one_records]
+    if name in ("classify", "distill"):  # the evaluation after step 3, on the sharded model (classify's: its own)
+        one_eval, two_eval = (evaluations(two_process_runs / n) for n in (f"{name}_1x{WORLD * MICRO}",
+                                                                          f"{name}_fsdp_2x{MICRO}"))
+        assert [r["step"] for r in two_eval] == [r["step"] for r in one_eval] == [3]
+        assert sorted(two_eval[0]) == sorted(one_eval[0])
+        for key, value in one_eval[0].items():
+            assert math.isclose(two_eval[0][key], value, rel_tol=1e-5, abs_tol=1e-7), (key, one_eval, two_eval)
     if name == "grpo":  # the greedy evaluation after step 3, on the sharded model: the same answers
         one_eval, two_eval = (_greedy_evaluations(two_process_runs / n) for n in (f"grpo_1x{WORLD * MICRO}",
                                                                                   f"grpo_fsdp_2x{MICRO}"))
