@@ -24,7 +24,6 @@ FSDP = {"strategy": "fsdp"}
 GRPO_MU2 = {"num_iterations": 2, "num_eval_prompts": 0}  # 2 updates per rollout: a checkpoint at step 1 is mid-cycle
 FSDP_SCENARIOS = ("sft", "sft_lora", "dpo", "kto", "reward", "grpo", "reinforce", "ppo", "classify", "distill", "gkd",
                   "online_dpo")
-FSDP_ONLY = ("classify", "distill", "gkd", "online_dpo")  # not run under ddp (test time): their 2-process runs: fsdp
 
 
 def uneven(data_dir: Path) -> dict:
@@ -201,8 +200,7 @@ def all_scenarios(data_dir: Path, out: Path) -> None:
     """What each rank runs: every scenario, one after the other, in one process group; then a run that fails on
     rank 1, which ends both processes (one launch for all, to keep the tests short)."""
     for name in scenarios(data_dir):
-        if name not in FSDP_ONLY:
-            train(name, data_dir, out / f"{name}_2x{MICRO}", MICRO)
+        train(name, data_dir, out / f"{name}_2x{MICRO}", MICRO)
     # stopped after a checkpoint at step 2; test_data_parallel resumes it in one process
     train("sft", data_dir, out / f"sft_2x{MICRO}_to_step_2", MICRO, max_steps=2, save_steps=2)
     # FSDP: the same runs, compared with the same 1-process runs; a sharded checkpoint resumed in 1 process, and a

@@ -47,7 +47,8 @@ def two_process_runs(launch):
     return root
 
 
-@pytest.mark.parametrize("name", ["sft", "sft_lora", "dpo", "kto", "reward", "grpo", "reinforce", "ppo"])
+@pytest.mark.parametrize("name", ["sft", "sft_lora", "dpo", "kto", "reward", "grpo", "reinforce", "ppo", "classify",
+                                  "distill", "gkd", "online_dpo"])
 def test_two_processes_take_the_steps_of_one_with_twice_the_batch(two_process_runs, name):
     one_records, one_weights = results(two_process_runs / f"{name}_1x{WORLD * MICRO}")
     two_records, two_weights = results(two_process_runs / f"{name}_2x{MICRO}")
@@ -55,8 +56,10 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_batch(two_process_ru
     for one, two in zip(one_records, two_records):
         assert math.isclose(two["loss"], one["loss"], rel_tol=1e-5, abs_tol=1e-6), (one["step"], one, two)
         assert two["num_tokens"] == one["num_tokens"]  # global tokens, not rank 0's
-        if name in ("grpo", "reinforce", "ppo"):  # the logged reward is the whole batch's mean, not rank 0's
-            assert math.isclose(two["reward"], one["reward"], abs_tol=1e-6)
+        if name in ("grpo", "reinforce", "ppo", "online_dpo"):  # the logged reward: the whole batch's mean, not
+            assert math.isclose(two["reward"], one["reward"], abs_tol=1e-6)  # rank 0's
+        if name in ("gkd", "online_dpo"):  # each rank samples its prompts' own streams: one process's completions
+            assert math.isclose(two["completion_length"], one["completion_length"], rel_tol=1e-9)
     for key, weight in one_weights.items():
         torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
     if name == "sft_lora":  # LoRA's B starts at zero: it moved if it is not zero any more
