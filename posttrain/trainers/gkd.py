@@ -26,6 +26,7 @@ Algorithm:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from dataclasses import dataclass
@@ -118,7 +119,7 @@ class GKDMethod(DistillMethod):
         # would); under FSDP the student is gathered once for all micro-batches (fsdp.full_weights)
         params.prompt_offset = distributed.items_before_rank(sum(b["input_ids"].shape[0] for b in micro_batches))
         rollouts = []
-        with fsdp.full_weights(source):
+        with fsdp.full_weights(model) if source is model else contextlib.nullcontext():  # the teacher: whole
             for batch in micro_batches:
                 rollouts.append(sample(source, self.tokenizer, prompt_ids(batch), params))
                 params.prompt_offset += batch["input_ids"].shape[0]  # each micro-batch's prompts: their own streams
