@@ -62,8 +62,13 @@ def dequantized(weight: torch.Tensor) -> torch.Tensor:
     """A torchao-quantized weight as a plain float tensor, any other weight as it is. posttrain's chunked log-probs
     multiply by the output head's weight transposed, which torchao's tensors do not support (they implement
     ``F.linear``, the model's own forward); quantized models are for inference, so no gradient is lost."""
-    data = weight.data if isinstance(weight, torch.nn.Parameter) else weight
+    data = _tensor(weight)
     return data.dequantize() if _is_torchao(data) else weight
+
+
+def _tensor(weight: torch.Tensor) -> torch.Tensor:
+    """The tensor behind a parameter (torchao's subclass sits in ``.data``)."""
+    return weight.data if isinstance(weight, torch.nn.Parameter) else weight
 
 
 def _is_torchao(tensor: torch.Tensor) -> bool:
@@ -78,7 +83,7 @@ def embedding_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     its own (block size 1 along the rows: one scale, or one per group, per token), so the rows' quantized values,
     scales and zero points can be gathered first and only those rows dequantized: the same numbers, computed on
     ``ids.numel()`` rows instead of the vocabulary. Plain tensors are indexed as they are."""
-    data = weight.data if isinstance(weight, torch.nn.Parameter) else weight
+    data = _tensor(weight)
     if not _gatherable(data):
         return torch.nn.functional.embedding(ids, weight)
     names, context = data.__tensor_flatten__()
