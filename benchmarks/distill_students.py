@@ -139,6 +139,34 @@ def generation_speed(models: dict[str, str], repeats: int) -> dict[str, dict]:
     return {name: {f"batch_{b}": statistics.median(runs[name, b]) for b in (1, 16)} for name in models}
 
 
+def train_arms(args, student: Path, out: Path, layers: int) -> dict[str, dict]:
+    """Each arm's run (skipped when its timing.json exists); the SFT run last, with the others' times as targets."""
+    timings = {}
+    for arm in (*DISTILL_ARMS, "sft"):
+        run_dir = out / f"s{layers}_{arm}"
+        if not (run_dir / "timing.json").exists():
+            targets = {name: timings[name]["train_s"] for name in DISTILL_ARMS} if arm == "sft" else {}
+            print(f"{layers} layers, {arm}: training", flush=True)
+            run([sys.executable, __file__, "--worker", arm, "--student", str(student), "--run-dir", str(run_dir),
+                 "--teacher", args.teacher, "--steps", str(args.steps), "--learning-rate", str(args.learning_rate),
+                 "--targets", json.dumps(targets)], out / f"s{layers}_{arm}.log")
+        timings[arm] = json.loads((run_dir / "timing.json").read_text())
+    return timings
+
+
+def models_to_score(student: Path, out: Path, layers: int, timings: dict) -> dict[str, tuple[Path, dict]]:
+    """Row name -> (model folder, its step and training time): the untrained student, every arm at equal steps,
+    and the SFT run at each distillation arm's training time."""
+    rows = {"pruned": (student, {"train_s": 0.0, "step": 0})}
+    for arm in DISTILL_ARMS:
+        rows[arm] = (out / f"s{layers}_{arm}" / "final", timings[arm]["steps"])
+    sft = timings["sft"]
+    rows["sft"] = (out / f"s{layers}_sft" / "at_steps", sft["steps"])
+    for arm in DISTILL_ARMS:
+        rows[f"sft_at_{arm}_time"] = (out / f"s{layers}_sft" / f"at_{arm}", sft["saved"][arm])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="runs/teacher/grpo/final")
@@ -165,24 +193,8 @@ def main() -> None:
         if not (student / "config.json").exists():
             run([sys.executable, "-m", "posttrain", "prune", "--model", "smollm2-135m-instruct", "--keep-layers",
                  str(layers), "--out", str(student)], out / f"prune{layers}.log")
-        timings = {}
-        for arm in (*DISTILL_ARMS, "sft"):
-            run_dir = out / f"s{layers}_{arm}"
-            if not (run_dir / "timing.json").exists():
-                targets = {name: timings[name]["train_s"] for name in DISTILL_ARMS} if arm == "sft" else {}
-                print(f"{layers} layers, {arm}: training", flush=True)
-                run([sys.executable, __file__, "--worker", arm, "--student", str(student), "--run-dir", str(run_dir),
-                     "--teacher", args.teacher, "--steps", str(args.steps), "--learning-rate",
-                     str(args.learning_rate), "--targets", json.dumps(targets)], out / f"s{layers}_{arm}.log")
-            timings[arm] = json.loads((run_dir / "timing.json").read_text())
-        rows = {"pruned": (student, {"train_s": 0.0, "step": 0})}
-        for arm in DISTILL_ARMS:
-            rows[arm] = (out / f"s{layers}_{arm}" / "final", timings[arm]["steps"])
-        sft = timings["sft"]
-        rows["sft"] = (out / f"s{layers}_sft" / "at_steps", sft["steps"])
-        for arm in DISTILL_ARMS:
-            rows[f"sft_at_{arm}_time"] = (out / f"s{layers}_sft" / f"at_{arm}", sft["saved"][arm])
-        for name, (model, timing) in rows.items():
+        timings = train_arms(args, student, out, layers)
+        for name, (model, timing) in models_to_score(student, out, layers, timings).items():
             print(f"{layers} layers, {name}: evaluating", flush=True)
             scores = evaluate(model, out / f"eval_s{layers}_{name}.json", suite)
             table[f"{layers}/{name}"] = {"steps": timing["step"], "train_s": round(timing["train_s"], 1), **scores}
