@@ -3,8 +3,8 @@ AutoModelForSequenceClassification (last-token pooling, full fine-tuning) on the
 invocation. Each run is a fresh subprocess (its own peak RSS); runs are interleaved over repeats; medians reported.
 
 Per run: held-out accuracy and macro-F1 after training (a task with numeric labels, e.g. review_stars or
-sum_magnitude, is regression: one output, squared error, held-out MSE and Pearson r instead), non-pad tokens/s over steps 2..N, peak RSS, trainable
-parameters, wall time. Ours uses last pooling too, so the full fine-tuning runs differ only in the training loop.
+sum_magnitude, is regression: one output, squared error, held-out MSE and Pearson r instead), non-pad tokens/s over
+steps 2..N, peak RSS, trainable parameters, wall time. Ours uses last pooling too, so the full fine-tuning runs differ only in the training loop.
 
     python benchmarks/classify_variants.py --steps 150 --repeats 1                     (SmolLM2-135M, CPU: long)
     python benchmarks/classify_variants.py --steps 150 --data data/classify/sum_magnitude_train.jsonl  (regression)
@@ -41,8 +41,8 @@ def eval_path(data: Path) -> Path:
 
 def is_regression(data: Path) -> bool:
     """Numeric labels make a regression task (the shipped review_stars and sum_magnitude files)."""
-    label = json.loads(data.read_text().splitlines()[0])["label"]
-    return isinstance(label, float)
+    with data.open() as rows:
+        return isinstance(json.loads(rows.readline())["label"], float)
 
 
 def scores(metrics: dict) -> dict:

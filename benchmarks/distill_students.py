@@ -53,27 +53,39 @@ def common_overrides(student: Path, teacher: str, steps: int, learning_rate: flo
 
 
 class Clock:
-    """Engine callback: training time at every step; saves the weights when it first reaches each target time."""
+    """Engine callback: training time at every step (our weight saves left out). Records step ``steps``; with
+    target times (name -> seconds) it also saves the weights to ``at_<name>`` when training time first reaches each
+    and to ``at_steps`` at step ``steps``, and stops the run once all are reached."""
 
-    def __init__(self, targets: dict[str, float], out_dir: Path):
-        self.targets, self.out_dir = dict(targets), out_dir
+    def __init__(self, steps: int, targets: dict[str, float], out_dir: Path):
+        self.steps, self.targets, self.out_dir = steps, dict(targets), out_dir
+        self.saving = bool(targets)
         self.stamps: list[float] = []  # perf_counter after each step, saves subtracted
-        self.saved: dict[str, dict] = {}
+        self.reached: dict[str, dict] = {}  # "steps" and each target's name -> its step and training time
         self.save_seconds = 0.0
 
     def elapsed(self) -> float:
+        """Training time so far, the first step counted as long as the second."""
         first = self.stamps[1] - self.stamps[0] if len(self.stamps) > 1 else 0.0
         return self.stamps[-1] - self.stamps[0] + first
+
+    def _reach(self, name: str, engine, step: int) -> None:
+        self.reached[name] = {"step": step, "train_s": self.elapsed()}
+        if self.saving:
+            started = time.perf_counter()
+            engine.save_model(self.out_dir / f"at_{name}")
+            self.save_seconds += time.perf_counter() - started
 
     def __call__(self, engine, state: dict) -> None:
         self.stamps.append(time.perf_counter() - self.save_seconds)
         for name, seconds in list(self.targets.items()):
             if len(self.stamps) > 1 and self.elapsed() >= seconds:
-                started = time.perf_counter()
-                engine.save_model(self.out_dir / f"at_{name}")
-                self.save_seconds += time.perf_counter() - started
-                self.saved[name] = {"step": state["step"], "train_s": self.elapsed()}
+                self._reach(name, engine, state["step"])
                 del self.targets[name]
+        if state["step"] == self.steps:
+            self._reach("steps", engine, state["step"])
+        if self.saving and not self.targets and "steps" in self.reached:
+            state["stopped"] = "all target times reached"
 
 
 def worker(args) -> None:
@@ -82,30 +94,16 @@ def worker(args) -> None:
 
     config, overrides = ARMS[args.worker]
     out_dir = Path(args.run_dir)
-    targets = json.loads(args.targets)
-    steps = args.steps
-    if targets:  # run until the last target time; the step count is only an upper bound
-        steps = 100_000
-    clock = Clock(targets, out_dir)
-    at_steps = {}
-
-    def at_step(engine, state):
-        clock(engine, state)
-        if state["step"] == args.steps:
-            at_steps["steps"] = {"step": state["step"], "train_s": clock.elapsed()}
-            if targets:
-                started = time.perf_counter()
-                engine.save_model(out_dir / "at_steps")
-                clock.save_seconds += time.perf_counter() - started
-        if targets and not clock.targets and "steps" in at_steps:
-            state["stopped"] = "all target times reached"
-
+    clock = Clock(args.steps, json.loads(args.targets), out_dir)
+    # with target times the run goes on until the last one; the step count is then only an upper bound
+    steps = 100_000 if clock.saving else args.steps
     settings = {**common_overrides(Path(args.student), args.teacher, steps, args.learning_rate, out_dir), **overrides}
     if args.worker == "sft":
         settings.pop("teacher")
-    train(str(ROOT / config), [f"{key}={json.dumps(value)}" for key, value in settings.items()], callbacks=[at_step])
-    timing = {"arm": args.worker, "steps_run": len(clock.stamps), "train_s": clock.elapsed(), **at_steps,
-              "saved": clock.saved}
+    train(str(ROOT / config), [f"{key}={json.dumps(value)}" for key, value in settings.items()], callbacks=[clock])
+    steps_reached = clock.reached.pop("steps")
+    timing = {"arm": args.worker, "steps_run": len(clock.stamps), "train_s": clock.elapsed(), "steps": steps_reached,
+              "saved": clock.reached}
     (out_dir / "timing.json").write_text(json.dumps(timing, indent=1))
 
 
