@@ -26,6 +26,7 @@ from posttrain.config import build_config, read_config_file
 from posttrain.errors import ConfigError
 from posttrain.eval.metrics import METRICS
 from posttrain.eval.result import MetricResult
+from posttrain.models.specs import EMBEDDED_DEFAULT
 
 # No reward model ships with posttrain, so the built-in suites reward answers that respect a word limit: the stated
 # one, else 100 words (the verbosity task's length reward). Point `rewards` at your own reward model or function.
@@ -59,10 +60,11 @@ BUILTIN_SUITES: dict[str, list] = {
         {"metric": "probes", "rewards": LENGTH_REWARD, "max_new_tokens": 16},
         {"metric": "safety", "limit": 4, "max_new_tokens": 8},
     ],
-    # refusal of the held-out harmful prompts and over-refusal of their benign twins (data/safety), with the
-    # arithmetic accuracy a safety fine-tune must not cost
+    # refusal of the held-out harmful prompts and over-refusal of their benign twins (data/safety), the benign
+    # answers' helpfulness by the embedded model as a pointwise judge, and the arithmetic accuracy a safety
+    # fine-tune must not cost
     "safety": [
-        "safety",
+        {"metric": "safety", "helpfulness_judge": {"pointwise": EMBEDDED_DEFAULT, "criterion": "helpful"}},
         {"metric": "task_accuracy", "name": "arithmetic", "task": "arithmetic", "n": 40, "max_new_tokens": 32},
     ],
 }

@@ -44,8 +44,13 @@ def best_of_n(model, tokenizer, prompts: list[str], n: int, judge, max_new_token
     rollout = sample(model, tokenizer, [chat_prompt_ids(tokenizer, p, system) for p in prompts], params, group_size=n)
     candidates = [rollout.texts[k * n : (k + 1) * n] for k in range(len(prompts))]
     scores = rank_candidates(judge, prompts, candidates, problems)
-    return [{"prompt": prompt, "best": texts[max(range(n), key=lambda i: (s[i], -i))], "candidates": texts,
-             "scores": s} for prompt, texts, s in zip(prompts, candidates, scores)]
+    return [{"prompt": prompt, "best": texts[best_index(s)], "candidates": texts, "scores": s}
+            for prompt, texts, s in zip(prompts, candidates, scores)]
+
+
+def best_index(scores: list[float]) -> int:
+    """The highest score's index; a tie goes to the earlier sample."""
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
 def generate_best_of(model_spec: str, prompt: str, n: int, judge: str | dict | None, max_new_tokens: int = 256,

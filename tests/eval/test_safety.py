@@ -16,6 +16,7 @@ from posttrain.eval.metrics import METRICS
 from posttrain.eval.metrics.safety import SafetyOptions, helps_benign, refuses_harmful, safety, safety_values
 from posttrain.eval.suite import load_suite
 from posttrain.rollout.constitution import is_refusal
+from posttrain.rollout.judges import PointwiseJudge
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,6 +78,16 @@ def test_safety_values_and_the_metric_on_a_stub_model_counted_by_hand(tmp_path, 
     assert result.values["refusal_rate"].higher_is_better is True
     assert result.values["over_refusal"].higher_is_better is False
     assert [s["refused"] for s in result.samples] == [True, False, True, True, False]
+    assert "helpfulness" not in result.values
+    judged = safety(context, SafetyOptions(prompts=str(path), helpfulness_judge={"pointwise": "tiny",
+                                                                                "criterion": "helpful"}))
+    expected = PointwiseJudge(tiny_model, tokenizer, criterion="helpful").scores(["b1", "b2"], [answers["b1"],
+                                                                                                answers["b2"]])
+    assert judged.values["helpfulness"].value == pytest.approx(sum(expected) / 2)
+    assert judged.values["helpfulness"].n == 2 and judged.values["helpfulness"].higher_is_better is True
+    assert [s.get("helpfulness") for s in judged.samples] == pytest.approx([None, None, None, *expected])
+    with pytest.raises(ConfigError, match="helpfulness_judge: a judge that scores one answer"):
+        SafetyOptions(helpfulness_judge={"rule": "arithmetic"})
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "x", "kind": "rude"}) + "\n")
     with pytest.raises(ConfigError, match="bad.jsonl:.*kind"):

@@ -41,3 +41,38 @@ def test_generate_best_of_from_the_command_line(capsys, tmp_path, monkeypatch):
                  "--judge", "{rule: 'judge_rules:shorter'}"]) == 0
     assert capsys.readouterr().out.strip() != ""
     assert main(["generate", "--model", "tiny", "--prompt", "hi", "--best-of", "3"]) == 2  # no judge: an error
+
+
+def test_best_of_n_in_the_harness_picks_by_the_judge_and_equals_pass_at_n_with_the_checker(tiny_model, tokenizer,
+                                                                                          monkeypatch):
+    import types
+
+    from posttrain.errors import ConfigError
+    from posttrain.eval.context import EvalContext
+    from posttrain.eval.metrics.answers import TaskAccuracyOptions, task_accuracy
+    from posttrain.tasks import get_task
+
+    problems = get_task("arithmetic").problems("eval", 4, 0)
+    answers = {p.prompt: int(p.answer) for p in problems}
+
+    def fake_generate(policy, prompts, max_new_tokens, temperature=0.0, samples=1, top_p=1.0):
+        if samples == 1:
+            return types.SimpleNamespace(texts=["no idea" for _ in prompts])
+        texts = []
+        for i, prompt in enumerate(prompts):  # the right answer on problems 0 and 2; a near miss everywhere
+            y = answers[prompt]
+            texts += [f"The answer is {y + 1000}.", f"The answer is {y + 1}.",
+                      f"The answer is {y}." if i % 2 == 0 else f"The answer is {y + 500}."]
+        return types.SimpleNamespace(texts=texts)
+
+    context = EvalContext(tiny_model, tokenizer, "tiny")
+    monkeypatch.setattr(context, "generate", fake_generate)
+    result = task_accuracy(context, TaskAccuracyOptions(n=4, samples=3, pass_at=[3], best_of=3,
+                                                        judge={"rule": "arithmetic"}))
+    assert result.values["best_of@3"].value == result.values["pass@3"].value == 0.5
+    # the checker's reward ranks the exact answer first, then the near miss (partial credit): its argmax
+    assert [s["best_output"] for s in result.samples] == [
+        f"The answer is {answers[p.prompt] + (0 if i % 2 == 0 else 1)}." for i, p in enumerate(problems)]
+    assert [s["best_correct"] for s in result.samples] == [True, False, True, False]
+    with pytest.raises(ConfigError, match="best_of and judge"):
+        TaskAccuracyOptions(best_of=3)

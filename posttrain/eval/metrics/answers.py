@@ -16,8 +16,11 @@ from posttrain.errors import ConfigError, DataError
 from posttrain.eval.context import EvalContext
 from posttrain.eval.estimators import describe, mean_and_standard_error, pass_at_k
 from posttrain.eval.metrics.chains import add_groups, add_steps_correct
+from posttrain.eval.metrics.judges import JUDGE_HELP, context_judge
 from posttrain.eval.prompts import DEFAULT_PROBES, DEFAULT_PROMPTS, EvalPrompt, load_prompts
 from posttrain.eval.result import MetricResult, Value, score_each, try_each
+from posttrain.rollout.best_of_n import best_index, rank_candidates
+from posttrain.rollout.judge_specs import judge_kind
 from posttrain.rollout.rewards import RewardSpec
 from posttrain.tasks import TASKS, count_words, get_task
 from posttrain.tasks.arithmetic import NumericTask
@@ -108,6 +111,9 @@ class TaskAccuracyOptions:
     steps_correct: bool = option(False, help="also the share of the steps written in each greedy answer that are "
                                              "correct (the task's check_steps: each equation checked; numeric tasks "
                                              "only): steps_correct, steps_written")
+    best_of: int = option(0, min=0, help="n answers sampled per problem (temperature, top_p), of which `judge` picks "
+                                         "one (best-of-n, posttrain.rollout.best_of_n): best_of@n accuracy; 0: off")
+    judge: dict[str, Any] | None = option(None, help="best_of's judge: " + JUDGE_HELP)
     group_by: str | None = option(None, help="a field of the problems' meta to break every accuracy down by, e.g. "
                                              "steps (word_problems: number of equations) or digits (long_addition): "
                                              "accuracy/steps=3 ...; None: off")
@@ -122,6 +128,11 @@ class TaskAccuracyOptions:
             if self.group_by not in meta:
                 raise ConfigError(f"group_by: the problems of task {self.task!r} have no {self.group_by!r}; they "
                                   f"have: {', '.join(meta)}")
+        if bool(self.best_of) != (self.judge is not None):
+            raise ConfigError("best_of and judge go together: best_of: n samples, judge: the judge that picks one, "
+                              "e.g. {reward_model: runs/reward/final} or {rule: arithmetic}")
+        if self.judge is not None:
+            judge_kind(self.judge, "task_accuracy judge")
         if self.samples and not all(isinstance(k, int) and 1 <= k <= self.samples for k in self.pass_at):
             raise ConfigError(f"pass_at={self.pass_at}: every k must be between 1 and samples={self.samples}")
 
@@ -155,10 +166,12 @@ def task_accuracy(context: EvalContext, options: TaskAccuracyOptions) -> MetricR
         result.details.update(samples=options.samples, temperature=options.temperature)
     if options.self_consistency:
         self_consistency(context, options, task, problems, result)
+    if options.best_of:
+        best_of(context, options, task, problems, result)
     if options.steps_correct:
         add_steps_correct(task, problems, greedy, result)
     if options.group_by:
-        add_groups(options.group_by, problems, result, options.self_consistency)
+        add_groups(options.group_by, problems, result, options.self_consistency, options.best_of)
     return result
 
 
@@ -173,6 +186,22 @@ def self_consistency(context: EvalContext, options: TaskAccuracyOptions, task, p
     result.values[f"self_consistency@{k}"] = mean_value([float(c) for c in correct], higher_is_better=True)
     for record, (answer, count), c in zip(result.samples, votes, correct):
         record.update(voted_answer=answer, votes=count, voted_correct=c)
+
+
+def best_of(context: EvalContext, options: TaskAccuracyOptions, task, problems, result: MetricResult) -> None:
+    """``best_of@n``: the share of problems whose answer picked by the judge among n samples is correct (the
+    samples are pass@k's when n = samples: with the task's own checker as judge, best_of@n = pass@n)."""
+    n, prompts = options.best_of, [p.prompt for p in problems]
+    rollout = context.generate(context.policy, prompts, options.max_new_tokens, options.temperature, n, options.top_p)
+    candidates = [rollout.texts[i * n : (i + 1) * n] for i in range(len(problems))]
+    scores = rank_candidates(context_judge(context, options.judge), prompts, candidates, problems)
+    picked = [texts[best_index(s)] for texts, s in zip(candidates, scores)]
+    correct = try_each(lambda item: task.is_correct(*item), list(zip(problems, picked)), result.failures,
+                       "checker (best-of-n)")
+    result.values[f"best_of@{n}"] = mean_value([float(c) for c in correct if c is not None], higher_is_better=True)
+    for record, text, c in zip(result.samples, picked, correct):
+        record.update(best_output=text, best_correct=c)
+    result.details.update(best_of=n, judge=options.judge)
 
 
 # -------------------------------------------------------------------------------------------------------- reward

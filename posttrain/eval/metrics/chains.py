@@ -6,8 +6,8 @@ broken down by a property of the problems (word problems' number of steps, addit
                          scratchpad's columns against the true ones, posttrain.tasks.addition); SE by the delta
                          method (a ratio of sums over independent answers, as for perplexity)
     steps_written      = (1/N) sum_i t_i          over all N greedy answers (0 for a direct answer)
-    accuracy/steps=k   = the accuracy over the problems whose group value is k (likewise self_consistency@K and
-                         steps_correct), each with its own n and SE
+    accuracy/steps=k   = the accuracy over the problems whose group value is k (likewise self_consistency@K,
+                         best_of@N and steps_correct), each with its own n and SE
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from posttrain.eval.estimators import ratio_and_standard_error
 from posttrain.eval.result import MetricResult, Value, try_each
 
 # per-sample field -> the value it is averaged into (a sample lacking the field, or None there, is left out)
-_GROUPED = {"correct": "accuracy", "voted_correct": "self_consistency@{k}"}
+_GROUPED = {"correct": "accuracy", "voted_correct": "self_consistency@{k}", "best_correct": "best_of@{n}"}
 
 
 def group_value(problem, field: str):
@@ -48,8 +48,9 @@ def add_steps_correct(task, problems: list, texts: list[str], result: MetricResu
                       steps_written=None if count is None else count[1])
 
 
-def add_groups(field: str, problems: list, result: MetricResult, self_consistency: int = 0) -> None:
-    """``accuracy/<field>=<value>`` per group (then self_consistency@k and steps_correct per group, when measured),
+def add_groups(field: str, problems: list, result: MetricResult, self_consistency: int = 0, best_of: int = 0) -> None:
+    """``accuracy/<field>=<value>`` per group (then self_consistency@k, best_of@n and steps_correct per group, when
+    measured),
     groups in the order of their values; each sample records its group."""
     from posttrain.eval.metrics.answers import mean_value
 
@@ -61,7 +62,7 @@ def add_groups(field: str, problems: list, result: MetricResult, self_consistenc
         if result.samples and key in result.samples[0]:
             for group, records in members.items():
                 scored = [float(r[key]) for r in records if r.get(key) is not None]
-                result.values[f"{name.format(k=self_consistency)}/{field}={group}"] = mean_value(scored, True)
+                result.values[f"{name.format(k=self_consistency, n=best_of)}/{field}={group}"] = mean_value(scored, True)
     if result.samples and "steps_written" in result.samples[0]:
         for group, records in members.items():
             counts = [(r["steps_correct"], r["steps_written"]) for r in records if r["steps_written"] is not None]

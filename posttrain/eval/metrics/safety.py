@@ -3,12 +3,15 @@ their benign twins), read by the refusal detector of ``posttrain.rollout.constit
 
 - ``refusal_rate``: the share of harmful prompts refused (higher is better);
 - ``over_refusal``: the share of benign twins refused (lower is better): a model that refuses everything scores 1 on
-  the first and 1 on the second, so both are reported and ``compare --fail-on-regression`` watches both.
+  the first and 1 on the second, so both are reported and ``compare --fail-on-regression`` watches both;
+- ``helpfulness`` (with ``helpfulness_judge``): the mean score a pointwise judge or reward model gives the answers to
+  the benign twins (higher is better): not refusing them is not yet helping.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from posttrain.config import option
 from posttrain.data.safety import kind_of
@@ -16,8 +19,10 @@ from posttrain.data.sources import load_rows
 from posttrain.errors import ConfigError
 from posttrain.eval.context import EvalContext
 from posttrain.eval.metrics.answers import mean_value
+from posttrain.eval.metrics.judges import context_judge
 from posttrain.eval.prompts import resolve_path
-from posttrain.eval.result import MetricResult
+from posttrain.eval.result import MetricResult, score_each
+from posttrain.rollout.judge_specs import judge_kind
 from posttrain.rollout.constitution import is_refusal
 
 DEFAULT_SAFETY_PROMPTS = "data/safety/eval.jsonl"
@@ -28,6 +33,14 @@ class SafetyOptions:
     prompts: str = option(DEFAULT_SAFETY_PROMPTS, help="a .jsonl file of rows with prompt and kind (harmful | benign)")
     limit: int | None = option(None, min=1, help="the first N rows; None: all")
     max_new_tokens: int = option(48, min=1, help="longest greedy answer, in tokens (a refusal shows early)")
+    helpfulness_judge: dict[str, Any] | None = option(
+        None, help="scores each benign answer: {pointwise: MODEL, criterion: helpful} (P(yes)) or {reward_model: "
+                   "PATH}; None: no helpfulness value")
+
+    def __post_init__(self) -> None:
+        if self.helpfulness_judge is not None and \
+                judge_kind(self.helpfulness_judge, "safety helpfulness_judge") not in ("pointwise", "reward_model"):
+            raise ConfigError("safety helpfulness_judge: a judge that scores one answer: pointwise or reward_model")
 
 
 def load_safety_rows(path: str, limit: int | None = None) -> list[dict]:
@@ -53,8 +66,19 @@ def safety(context: EvalContext, options: SafetyOptions) -> MetricResult:
     refused = [is_refusal(text) for text in texts]
     samples = [{"prompt": r["prompt"], "kind": r["kind"], "pair": r.get("pair"), "output": text, "refused": flag}
                for r, text, flag in zip(rows, texts, refused)]
-    return MetricResult(safety_values([r["kind"] for r in rows], refused), samples,
-                        details={"prompts": options.prompts, "max_new_tokens": options.max_new_tokens})
+    result = MetricResult(safety_values([r["kind"] for r in rows], refused), samples,
+                          details={"prompts": options.prompts, "max_new_tokens": options.max_new_tokens})
+    benign = [i for i, r in enumerate(rows) if r["kind"] == "benign"]
+    if options.helpfulness_judge is not None and benign:
+        judge, failures = context_judge(context, options.helpfulness_judge), []
+        scores = score_each(judge.scores, [[rows[i]["prompt"] for i in benign], [texts[i] for i in benign]],
+                            failures, "helpfulness judge")
+        result.failures += [dict(f, index=benign[f["index"]]) for f in failures]
+        for i, score in zip(benign, scores):
+            samples[i]["helpfulness"] = score
+        result.values["helpfulness"] = mean_value([s for s in scores if s is not None], higher_is_better=True)
+        result.details["helpfulness_judge"] = options.helpfulness_judge
+    return result
 
 
 # constitution checkers (``{function: "posttrain.eval.metrics.safety:NAME"}``): the safety set says which prompts
