@@ -50,8 +50,7 @@ def add_steps_correct(task, problems: list, texts: list[str], result: MetricResu
 
 def add_groups(field: str, problems: list, result: MetricResult, self_consistency: int = 0, best_of: int = 0) -> None:
     """``accuracy/<field>=<value>`` per group (then self_consistency@k, best_of@n and steps_correct per group, when
-    measured),
-    groups in the order of their values; each sample records its group."""
+    measured), groups in the order of their values; each sample records its group."""
     from posttrain.eval.metrics.answers import mean_value
 
     groups = [group_value(p, field) for p in problems]
