@@ -4,7 +4,8 @@ invocation. Each run is a fresh subprocess (its own peak RSS); runs are interlea
 
 Per run: held-out accuracy and macro-F1 after training (a task with numeric labels, e.g. review_stars or
 sum_magnitude, is regression: one output, squared error, held-out MSE and Pearson r instead), non-pad tokens/s over
-steps 2..N, peak RSS, trainable parameters, wall time. Ours uses last pooling too, so the full fine-tuning runs differ only in the training loop.
+steps 2..N, peak RSS, trainable parameters, wall time. Ours uses last pooling too, so the full fine-tuning runs
+differ only in the training loop.
 
     python benchmarks/classify_variants.py --steps 150 --repeats 1                     (SmolLM2-135M, CPU: long)
     python benchmarks/classify_variants.py --steps 150 --data data/classify/sum_magnitude_train.jsonl  (regression)

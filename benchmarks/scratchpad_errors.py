@@ -26,10 +26,9 @@ _QUESTION = re.compile(r"What is (\d+) \+ (\d+)\?")
 KINDS = ("correct", "columns right, end wrong", "a column wrong")
 
 
-def kind_of(sample: dict) -> str:
+def kind_of(sample: dict, a: int, b: int) -> str:
     if sample["correct"]:
         return KINDS[0]
-    a, b = map(int, _QUESTION.search(sample["prompt"]).groups())
     needed = len(columns(a, b))
     right_prefix, _ = check_scratchpad(a, b, "\n".join(sample["output"].splitlines()[:needed]))
     return KINDS[1] if right_prefix == needed else KINDS[2]
@@ -42,15 +41,16 @@ def main() -> None:
     print("| samples | digits | n | " + " | ".join(KINDS) + " | column lines past the last |")
     print("|---|---|---|" + "---|" * (len(KINDS) + 1))
     for path in args.samples:
-        rows = [json.loads(line) for line in open(path)]
         by_digits: dict[int, Counter] = defaultdict(Counter)
         extra: dict[int, int] = defaultdict(int)
-        for row in rows:
-            if "digits" not in row or not _QUESTION.search(row["prompt"]):
-                continue
-            by_digits[row["digits"]][kind_of(row)] += 1
-            a, b = map(int, _QUESTION.search(row["prompt"]).groups())
-            extra[row["digits"]] += check_scratchpad(a, b, row["output"])[1] > len(columns(a, b))
+        with open(path) as lines:
+            for row in map(json.loads, lines):
+                question = _QUESTION.search(row["prompt"])
+                if "digits" not in row or not question:
+                    continue
+                a, b = map(int, question.groups())
+                by_digits[row["digits"]][kind_of(row, a, b)] += 1
+                extra[row["digits"]] += check_scratchpad(a, b, row["output"])[1] > len(columns(a, b))
         for digits, counts in sorted(by_digits.items()):
             n = sum(counts.values())
             print(f"| {path} | {digits} | {n} | " + " | ".join(f"{counts[k] / n:.3f}" for k in KINDS)

@@ -43,14 +43,17 @@ def best_of_n(model, tokenizer, prompts: list[str], n: int, judge, max_new_token
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     rollout = sample(model, tokenizer, [chat_prompt_ids(tokenizer, p, system) for p in prompts], params, group_size=n)
     candidates = [rollout.texts[k * n : (k + 1) * n] for k in range(len(prompts))]
+    best, scores = pick_best(judge, prompts, candidates, problems)
+    return [{"prompt": prompt, "best": chosen, "candidates": texts, "scores": s}
+            for prompt, chosen, texts, s in zip(prompts, best, candidates, scores)]
+
+
+def pick_best(judge, prompts: list[str], candidates: list[list[str]],
+              problems: list[Problem] | None = None) -> tuple[list[str], list[list[float]]]:
+    """Per prompt, the candidate with the highest Borda score (a tie goes to the earlier sample), and the scores."""
     scores = rank_candidates(judge, prompts, candidates, problems)
-    return [{"prompt": prompt, "best": texts[best_index(s)], "candidates": texts, "scores": s}
-            for prompt, texts, s in zip(prompts, candidates, scores)]
-
-
-def best_index(scores: list[float]) -> int:
-    """The highest score's index; a tie goes to the earlier sample."""
-    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+    best = [texts[max(range(len(s)), key=lambda i: (s[i], -i))] for texts, s in zip(candidates, scores)]
+    return best, scores
 
 
 def generate_best_of(model_spec: str, prompt: str, n: int, judge: str | dict | None, max_new_tokens: int = 256,

@@ -19,7 +19,7 @@ from posttrain.eval.metrics.chains import add_groups, add_steps_correct
 from posttrain.eval.metrics.judges import JUDGE_HELP, context_judge
 from posttrain.eval.prompts import DEFAULT_PROBES, DEFAULT_PROMPTS, EvalPrompt, load_prompts
 from posttrain.eval.result import MetricResult, Value, score_each, try_each
-from posttrain.rollout.best_of_n import best_index, rank_candidates
+from posttrain.rollout.best_of_n import pick_best
 from posttrain.rollout.judge_specs import judge_kind
 from posttrain.rollout.rewards import RewardSpec
 from posttrain.tasks import TASKS, count_words, get_task
@@ -194,8 +194,7 @@ def best_of(context: EvalContext, options: TaskAccuracyOptions, task, problems, 
     n, prompts = options.best_of, [p.prompt for p in problems]
     rollout = context.generate(context.policy, prompts, options.max_new_tokens, options.temperature, n, options.top_p)
     candidates = [rollout.texts[i * n : (i + 1) * n] for i in range(len(problems))]
-    scores = rank_candidates(context_judge(context, options.judge), prompts, candidates, problems)
-    picked = [texts[best_index(s)] for texts, s in zip(candidates, scores)]
+    picked, _ = pick_best(context_judge(context, options.judge), prompts, candidates, problems)
     correct = try_each(lambda item: task.is_correct(*item), list(zip(problems, picked)), result.failures,
                        "checker (best-of-n)")
     result.values[f"best_of@{n}"] = mean_value([float(c) for c in correct if c is not None], higher_is_better=True)

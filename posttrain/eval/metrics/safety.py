@@ -22,8 +22,8 @@ from posttrain.eval.metrics.answers import mean_value
 from posttrain.eval.metrics.judges import context_judge
 from posttrain.eval.prompts import resolve_path
 from posttrain.eval.result import MetricResult, score_each
-from posttrain.rollout.judge_specs import judge_kind
 from posttrain.rollout.constitution import is_refusal
+from posttrain.rollout.judge_specs import judge_kind
 
 DEFAULT_SAFETY_PROMPTS = "data/safety/eval.jsonl"
 
