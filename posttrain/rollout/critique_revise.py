@@ -149,13 +149,17 @@ def critique_revise(config: ConstitutionConfig, model=None, tokenizer=None) -> d
 
 
 def compliance(constitution: Constitution, chains: list[dict]) -> dict:
-    """Per principle with a checker: the share of first responses and of final revisions it accepts (over all
-    prompts: a principle's checker measures every answer, not only the chains that drew it)."""
+    """Per principle with a checker: the share of first responses, of the last round's first revisions (critique
+    and revision without selection) and of final revisions (after selection) it accepts, over all prompts: a
+    principle's checker measures every answer, not only the chains that drew it."""
+    answers = {"response": [c["response"] for c in chains],
+               "first_revision": [c["steps"][-1]["revisions"][0] if c["steps"] else c["response"] for c in chains],
+               "final": [c["final"] for c in chains]}
     figures = {}
     for principle in constitution.principles:
         if principle.checker is None:
             continue
-        for key, column in (("response", "response"), ("final", "final")):
-            ok = [principle.complies(c["prompt"], c[column]) for c in chains]
+        for key, texts in answers.items():
+            ok = [principle.complies(c["prompt"], text) for c, text in zip(chains, texts)]
             figures[f"compliance/{principle.name}/{key}"] = sum(ok) / len(ok) if ok else None
     return figures

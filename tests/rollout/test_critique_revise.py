@@ -66,7 +66,13 @@ def test_the_chain_keeps_every_step_in_order(tmp_path, files, tokenizer, monkeyp
             previous = step["revisions"][step["selected"]]
         assert chain["final"] == previous
     assert evaluation["data"] == str(tmp_path / "out/sft.jsonl")
-    assert set(evaluation) >= {"compliance/short/response", "compliance/short/final"}
+    short = constitution.principles[0]  # the one principle with a checker; "free" has none, so no figure
+    answers = {"response": [c["response"] for c in chains], "final": [c["final"] for c in chains],
+               "first_revision": [c["steps"][-1]["revisions"][0] for c in chains]}  # before selection
+    for key, texts in answers.items():
+        expected = sum(short.complies(c["prompt"], t) for c, t in zip(chains, texts)) / len(chains)
+        assert evaluation[f"compliance/short/{key}"] == expected
+    assert not any(key.startswith("compliance/free") for key in evaluation)
     train, _ = load_examples(DataConfig(path=evaluation["data"]), tokenizer, "sft")
     assert len(train) == 3
     rows = [json.loads(line) for line in (tmp_path / "out/sft.jsonl").read_text().splitlines()]

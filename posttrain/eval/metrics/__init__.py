@@ -15,6 +15,7 @@ from posttrain.eval.metrics.answers import (
     task_accuracy,
     verbosity,
 )
+from posttrain.eval.metrics.constitution import ConstitutionOptions, constitution
 from posttrain.eval.metrics.lm_eval import LmEvalOptions, lm_eval
 from posttrain.eval.metrics.judges import JudgeAgreementOptions, WinRateOptions, judge_agreement, win_rate
 from posttrain.eval.metrics.safety import SafetyOptions, safety
@@ -39,6 +40,7 @@ METRICS = {
     "probes": (ProbeOptions, probes),
     "lm_eval": (LmEvalOptions, lm_eval),
     "safety": (SafetyOptions, safety),
+    "constitution": (ConstitutionOptions, constitution),
 }
 
 __all__ = ["METRICS"]
