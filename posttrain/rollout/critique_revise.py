@@ -6,17 +6,19 @@ SFT on (prompt, final revision) is the stage's training data.
 
 Per prompt and round r: a principle is drawn (``random.Random(f"{seed}/{r}/{prompt index}")``, so a rerun draws the
 same ones), the conversation so far (request, response) gets the principle's critique request and the model's
-critique, then its revision request, and ``revisions`` = m revisions are sampled. With m > 1 and a principle that
-has a checker, the first revision that complies is kept (the first one when none does): selection by the
-constitution's checkers, Bai et al.'s critiques being weak in a small model. The kept revision is the next round's
-response. All generation goes through the rollout engine (``posttrain.rollout.sampling.sample``), one batched call
+critique, then its revision request, and ``revisions`` = m revisions are sampled (``critique: false``: the revision
+request follows the response directly, Bai et al.'s "direct revisions", to measure what the critiques add). With
+m > 1 the revision that passes the most checkers is kept, the first among ties (``selection: principle``: the drawn
+principle's checker alone; ``constitution``: every principle's): selection by the constitution's checkers, for when
+a small model's critiques are too weak to help. The kept revision is the next round's response. All generation goes through the rollout engine (``posttrain.rollout.sampling.sample``), one batched call
 per step for all prompts.
 
 Output folder: ``chains.jsonl`` (per prompt: ``prompt``, ``response`` (the first answer), ``steps`` = [{round,
-principle, critique, revisions, selected, complies}, ...] in order, ``final``), ``sft.jsonl`` (``prompt``,
-``completion`` = the final revision: what ``method: sft`` loads unchanged), ``config.json`` and, last,
-``evaluation.json`` (counts, and the checkers' compliance of the first responses and of the final revisions). Every
-file is written atomically.
+principle, critique (None without critiques), revisions, selected, complies (the drawn principle's verdict on the
+kept revision)}, ...] in order, ``final``), ``sft.jsonl`` (``prompt``, ``completion`` = the final revision: what
+``method: sft`` loads unchanged), ``config.json`` and, last, ``evaluation.json`` (counts, and the checkers'
+compliance of the first responses, of the first revisions and of the final ones: ``compliance``). Every file is
+written atomically.
 """
 
 from __future__ import annotations
@@ -61,8 +63,12 @@ class ConstitutionConfig:
     split: Literal["train", "eval"] = option("train", help="the task split the prompts are drawn from")
     num_prompts: int = option(200, min=1, help="the first N rows of prompts (or N task problems)")
     rounds: int = option(1, min=1, help="n: critique -> revision rounds per prompt")
-    revisions: int = option(1, min=1, help="m: revisions sampled per round; >1: the first one that passes the "
-                                           "principle's checker is kept")
+    revisions: int = option(1, min=1, help="m: revisions sampled per round; >1: the one that passes the most "
+                                           "checkers (selection) is kept, the first among ties")
+    selection: Literal["principle", "constitution"] = option(
+        "principle", help="the checkers that select among the m revisions: the drawn principle's, or every "
+                          "principle's (a revision must not fix one principle by breaking another)")
+    critique: bool = option(True, help="false: revise without a critique first (direct revisions)")
     max_new_tokens: int = option(96, min=1, help="longest response, critique or revision, in tokens")
     temperature: float = option(0.7, min=0.01, help="sampling temperature of every step")
     top_p: float = option(1.0, min=0, max=1, help="nucleus sampling; 1: off")
@@ -79,12 +85,11 @@ def conversation_ids(tokenizer, turns: list[str]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def select_revision(principle: Principle, prompt: str, revisions: list[str]) -> tuple[int, bool | None]:
-    """The index of the first revision the principle's checker accepts (0 when none does or there is no checker)
-    and whether it complies (None: no checker)."""
-    verdicts = [principle.complies(prompt, text) for text in revisions]
-    chosen = next((i for i, ok in enumerate(verdicts) if ok), 0)
-    return chosen, verdicts[chosen]
+def select_revision(principles: list[Principle], prompt: str, revisions: list[str]) -> int:
+    """The index of the revision the most of the principles' checkers accept, the first among ties (0 when none
+    accepts any, or no principle has a checker)."""
+    passed = [sum(bool(p.complies(prompt, text)) for p in principles) for text in revisions]
+    return passed.index(max(passed))
 
 
 def draw_principle(constitution: Constitution, seed: int, round_: int, index: int) -> Principle:
@@ -121,15 +126,22 @@ def critique_revise(config: ConstitutionConfig, model=None, tokenizer=None) -> d
     current = list(responses)
     for round_ in range(config.rounds):
         principles = [draw_principle(constitution, config.seed, round_, i) for i in range(len(prompts))]
-        critiques = generate([[p, r, pr.critique] for p, r, pr in zip(prompts, current, principles)])
+        if config.critique:
+            critiques = generate([[p, r, pr.critique] for p, r, pr in zip(prompts, current, principles)])
+            turns = [[p, r, pr.critique, c, pr.revision] for p, r, pr, c in zip(prompts, current, principles,
+                                                                                 critiques)]
+        else:
+            critiques = [None] * len(prompts)
+            turns = [[p, r, pr.revision] for p, r, pr in zip(prompts, current, principles)]
         m = config.revisions
-        texts = generate([[p, r, pr.critique, c, pr.revision]
-                          for p, r, pr, c in zip(prompts, current, principles, critiques)], group_size=m)
+        texts = generate(turns, group_size=m)
         for i, (prompt, principle) in enumerate(zip(prompts, principles)):
             revisions = texts[i * m : (i + 1) * m]
-            chosen, complies = select_revision(principle, prompt, revisions)
+            selectors = [principle] if config.selection == "principle" else list(constitution.principles)
+            chosen = select_revision(selectors, prompt, revisions)
             chains[i]["steps"].append({"round": round_, "principle": principle.name, "critique": critiques[i],
-                                       "revisions": revisions, "selected": chosen, "complies": complies})
+                                       "revisions": revisions, "selected": chosen,
+                                       "complies": principle.complies(prompt, revisions[chosen])})
             current[i] = revisions[chosen]
     for chain, final in zip(chains, current):
         chain["final"] = final

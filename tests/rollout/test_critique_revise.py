@@ -61,8 +61,8 @@ def test_the_chain_keeps_every_step_in_order(tmp_path, files, tokenizer, monkeyp
             assert previous in critique_prompt and principle.critique in critique_prompt
             assert revision_prompt.startswith(critique_prompt) and step["critique"] in revision_prompt
             assert principle.revision in revision_prompt
-            assert (step["selected"], step["complies"]) == select_revision(principle, chain["prompt"],
-                                                                           step["revisions"])
+            assert step["selected"] == select_revision([principle], chain["prompt"], step["revisions"])
+            assert step["complies"] == principle.complies(chain["prompt"], step["revisions"][step["selected"]])
             previous = step["revisions"][step["selected"]]
         assert chain["final"] == previous
     assert evaluation["data"] == str(tmp_path / "out/sft.jsonl")
@@ -83,11 +83,37 @@ def test_the_chain_keeps_every_step_in_order(tmp_path, files, tokenizer, monkeyp
         critique_revise(config(tmp_path, files), build_tiny_model(seed=0), tokenizer)
 
 
-def test_selection_keeps_the_first_revision_that_passes_the_checker():
+def test_selection_keeps_the_revision_that_passes_the_most_checkers_first_among_ties():
     short, free = parse_constitution(CONSTITUTION).principles
-    assert select_revision(short, "p", ["one two three four", "one two", "a"]) == (1, True)
-    assert select_revision(short, "p", ["one two three four", "five six seven eight"]) == (0, False)
-    assert select_revision(free, "p", ["x y z w", "a"]) == (0, None)
+    assert select_revision([short], "p", ["one two three four", "one two", "a"]) == 1
+    assert select_revision([short], "p", ["one two three four", "five six seven eight"]) == 0
+    assert select_revision([free], "p", ["x y z w", "a"]) == 0
+    answer = parse_constitution({"name": "a", "principles": [
+        {"name": "answer", "critique": "c", "revision": "r", "checker": {"required_pattern": "answer is"}}]})
+    both = [short, free, *answer.principles]
+    texts = ["one two", "the answer is seven", "answer is 7", "answer is 8"]
+    assert select_revision([short], "p", texts) == 0  # the drawn principle alone: the first short one
+    assert select_revision(both, "p", texts) == 2     # every checker: short and in the answer's form
+
+
+def test_direct_revisions_skip_the_critique(tmp_path, files, tokenizer, monkeypatch):
+    seen = []
+    real_sample = cr.sample
+
+    def recording_sample(model, tok, ids, params, **kw):
+        seen.append([tok.decode(i) for i in ids])
+        return real_sample(model, tok, ids, params, **kw)
+
+    monkeypatch.setattr(cr, "sample", recording_sample)
+    critique_revise(config(tmp_path, files, critique=False, rounds=1, selection="constitution"),
+                    build_tiny_model(seed=0), tokenizer)
+    chains = [json.loads(line) for line in (tmp_path / "out/chains.jsonl").read_text().splitlines()]
+    assert len(seen) == 2  # the answers, then the revisions: no critique call
+    for i, chain in enumerate(chains):
+        principle = draw_principle(parse_constitution(CONSTITUTION), 0, 0, i)
+        assert chain["steps"][0]["critique"] is None
+        assert principle.revision in seen[1][i] and principle.critique not in seen[1][i]
+        assert chain["response"] in seen[1][i]
 
 
 def test_a_bad_constitution_names_the_file_and_the_key(tmp_path, files, tokenizer):
