@@ -16,7 +16,8 @@ per step for all prompts.
 Output folder: ``chains.jsonl`` (per prompt: ``prompt``, ``response`` (the first answer), ``steps`` = [{round,
 principle, critique (None without critiques), revisions, selected, complies (the drawn principle's verdict on the
 kept revision)}, ...] in order, ``final``), ``sft.jsonl`` (``prompt``, ``completion`` = the final revision: what
-``method: sft`` loads unchanged), ``config.json`` and, last, ``evaluation.json`` (counts, and the checkers'
+``method: sft`` loads unchanged; then, with ``helpfulness_task``, the model's own unrevised answers to that task's
+training prompts, as Bai et al. mix helpfulness samples into SL-CAI's data), ``config.json`` and, last, ``evaluation.json`` (counts, and the checkers'
 compliance of the first responses, of the first revisions and of the final ones: ``compliance``). Every file is
 written atomically.
 """
@@ -39,6 +40,7 @@ from posttrain.models.specs import EMBEDDED_DEFAULT
 from posttrain.rollout.constitution import Constitution, Principle, load_constitution
 from posttrain.rollout.label import load_prompts_for_labelling
 from posttrain.rollout.sampling import SamplingParams, sample
+from posttrain.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class ConstitutionConfig:
         "principle", help="the checkers that select among the m revisions: the drawn principle's, or every "
                           "principle's (a revision must not fix one principle by breaking another)")
     critique: bool = option(True, help="false: revise without a critique first (direct revisions)")
+    helpfulness_task: str | None = option(None, help="a task (posttrain.tasks) whose training prompts the model "
+                                                     "answers once, unrevised, into sft.jsonl beside the revisions: "
+                                                     "Bai et al.'s helpfulness samples, so SFT keeps what it could do")
+    num_helpfulness_prompts: int = option(0, min=0, help="how many of helpfulness_task's prompts; 0: none")
     max_new_tokens: int = option(96, min=1, help="longest response, critique or revision, in tokens")
     temperature: float = option(0.7, min=0.01, help="sampling temperature of every step")
     top_p: float = option(1.0, min=0, max=1, help="nucleus sampling; 1: off")
@@ -107,6 +113,10 @@ def critique_revise(config: ConstitutionConfig, model=None, tokenizer=None) -> d
     constitution = load_constitution(config.constitution)
     if config.prompts is None and config.task is None:
         raise ConfigError("constitution: set prompts (a file with a prompt column) or task")
+    if config.num_helpfulness_prompts and config.helpfulness_task is None:
+        raise ConfigError("constitution: num_helpfulness_prompts needs helpfulness_task (e.g. arithmetic)")
+    helpful_prompts = [p.prompt for p in get_task(config.helpfulness_task).problems(
+        "train", config.num_helpfulness_prompts, config.seed)] if config.num_helpfulness_prompts else []
     prompts = [p.prompt for p in load_prompts_for_labelling(config)]
     if model is None:
         model, tokenizer = load_model(config.model, config.dtype, config.device)
@@ -145,15 +155,19 @@ def critique_revise(config: ConstitutionConfig, model=None, tokenizer=None) -> d
             current[i] = revisions[chosen]
     for chain, final in zip(chains, current):
         chain["final"] = final
+    sft_rows = [{"prompt": c["prompt"], "completion": c["final"]} for c in chains]
+    if helpful_prompts:  # after the chains, so they are drawn with or without helpfulness samples alike
+        sft_rows += [{"prompt": p, "completion": a} for p, a in zip(helpful_prompts, generate([[p] for p in
+                                                                                                helpful_prompts]))]
 
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "config.json", json.dumps(config_to_dict(config), indent=2) + "\n")
     atomic_write_text(output_dir / "chains.jsonl", "".join(json.dumps(c) + "\n" for c in chains))
-    atomic_write_text(output_dir / "sft.jsonl", "".join(json.dumps({"prompt": c["prompt"], "completion": c["final"]})
-                                                        + "\n" for c in chains))
+    atomic_write_text(output_dir / "sft.jsonl", "".join(json.dumps(row) + "\n" for row in sft_rows))
     evaluation = {"method": "constitution", "data": str(output_dir / "sft.jsonl"), "final_model": config.model,
                   "constitution": constitution.name, "n_prompts": len(prompts), "rounds": config.rounds,
-                  "revisions": config.revisions, **compliance(constitution, chains),
+                  "revisions": config.revisions, "n_helpfulness_rows": len(helpful_prompts),
+                  **compliance(constitution, chains),
                   "time_s": time.perf_counter() - started}
     atomic_write_text(output_dir / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
     log.warning("constitution: %d chains, SFT rows in %s", len(chains), output_dir / "sft.jsonl")

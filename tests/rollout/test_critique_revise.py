@@ -15,6 +15,7 @@ from posttrain.pipeline import run_pipeline
 from posttrain.rollout import critique_revise as cr
 from posttrain.rollout.constitution import parse_constitution
 from posttrain.rollout.critique_revise import ConstitutionConfig, critique_revise, draw_principle, select_revision
+from posttrain.tasks import get_task
 
 CONSTITUTION = {"name": "t", "principles": [
     {"name": "short", "critique": "CRITIQUE-SHORT", "revision": "REVISE-SHORT", "checker": {"word_limit": 3}},
@@ -81,6 +82,24 @@ def test_the_chain_keeps_every_step_in_order(tmp_path, files, tokenizer, monkeyp
                                                                     "evaluation.json", "sft.jsonl"]
     with pytest.raises(ConfigError, match="overwrite_output_dir"):
         critique_revise(config(tmp_path, files), build_tiny_model(seed=0), tokenizer)
+
+
+def test_helpfulness_samples_follow_the_revisions_unrevised(tmp_path, files, tokenizer):
+    evaluation = critique_revise(config(tmp_path, files, rounds=1, helpfulness_task="arithmetic",
+                                        num_helpfulness_prompts=2), build_tiny_model(seed=0), tokenizer)
+    chains = [json.loads(line) for line in (tmp_path / "out/chains.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "out/sft.jsonl").read_text().splitlines()]
+    problems = get_task("arithmetic").problems("train", 2, 0)
+    assert rows[:3] == [{"prompt": c["prompt"], "completion": c["final"]} for c in chains]
+    assert [r["prompt"] for r in rows[3:]] == [p.prompt for p in problems]
+    assert evaluation["n_helpfulness_rows"] == 2
+    unmixed = critique_revise(config(tmp_path, files, rounds=1, output_dir=str(tmp_path / "plain")),
+                              build_tiny_model(seed=0), tokenizer)
+    assert (tmp_path / "plain/chains.jsonl").read_text() == (tmp_path / "out/chains.jsonl").read_text()
+    assert unmixed["n_helpfulness_rows"] == 0
+    with pytest.raises(ConfigError, match="num_helpfulness_prompts needs helpfulness_task"):
+        critique_revise(config(tmp_path, files, num_helpfulness_prompts=2, overwrite_output_dir=True),
+                        build_tiny_model(seed=0), tokenizer)
 
 
 def test_selection_keeps_the_revision_that_passes_the_most_checkers_first_among_ties():
