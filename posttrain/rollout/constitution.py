@@ -197,6 +197,20 @@ class ConstitutionalJudge:
         return verdicts
 
 
+def checker_counts(constitution: Constitution) -> Callable[[list, list, list], list[float]]:
+    """A rule (``posttrain.rollout.judges.RuleJudge``): each response's count of the principles' checkers that accept
+    it, so of two responses the one more principles accept wins and equal counts abstain. The RL stage labelled by
+    the constitution itself: what the feedback model would give if it judged as the checkers measure."""
+    checked = [p for p in constitution.principles if p.checker is not None]
+    if not checked:
+        raise ConfigError(f"constitution {constitution.name!r}: no principle has a checker to judge with")
+
+    def counts(prompts, completions, problems=None) -> list[float]:
+        return [float(sum(bool(p.complies(prompt, text)) for p in checked))
+                for prompt, text in zip(prompts, completions)]
+    return counts
+
+
 def principle_agreement(constitution: Constitution, rows: list[dict]) -> dict:
     """Over labelled pairs (prompt, chosen, rejected, principle), among those where the drawn principle's checker
     accepts exactly one response: the share where it accepts the chosen one (the checkers measure the labels, never

@@ -5,6 +5,7 @@ are that kind's options; ``abstain_band`` is every kind's.
                                                                            # cot_max_new_tokens, cot_suffix
     judge: {constitution: configs/constitutions/safety.yaml, model: smollm2-135m-instruct, seed: 0}
                                   # RL-CAI: a principle's judge question per pair; the pairwise options too
+    judge: {constitution: configs/constitutions/safety.yaml, checkers: true}   # the principles' checkers decide
     judge: {pointwise: smollm2-135m-instruct, criterion: correct, mode: score}   # yes_no | score, template
     judge: {reference_guided: runs/grpo/final, samples: 8}                 # parser ("module:function"), temperature,
                                                                            # max_new_tokens, seed
@@ -22,7 +23,7 @@ from typing import Any, Callable
 
 from posttrain.errors import ConfigError
 from posttrain.models.specs import EMBEDDED_DEFAULT
-from posttrain.rollout.constitution import ConstitutionalJudge, load_constitution
+from posttrain.rollout.constitution import ConstitutionalJudge, checker_counts, load_constitution
 from posttrain.rollout.judges import (
     EnsembleJudge,
     PairwiseJudge,
@@ -39,7 +40,7 @@ DEFAULT_PARSER = "posttrain.tasks.arithmetic:extract_answer"
 PAIRWISE_OPTIONS = {"labels", "batch_size", "cot", "cot_max_new_tokens", "cot_suffix"}
 JUDGE_KINDS: dict[str, set[str]] = {
     "pairwise": {"template"} | PAIRWISE_OPTIONS,
-    "constitution": {"model", "seed"} | PAIRWISE_OPTIONS,
+    "constitution": {"model", "seed", "checkers"} | PAIRWISE_OPTIONS,
     "pointwise": {"criterion", "mode", "template", "batch_size"},
     "reference_guided": {"samples", "parser", "temperature", "max_new_tokens", "seed"},
     "reward_model": {"batch_size"},
@@ -103,6 +104,10 @@ def build_judge(spec: dict, load_lm: LoadLM | None = None, where: str = "judge",
             return PairwiseJudge(*load_lm(source), abstain_band=band, **options)
         if not isinstance(source, str):
             raise ConfigError(f"{where}: constitution must be a constitution file, got {source!r}")
+        if spec.get("checkers", False) is True:
+            return RuleJudge(checker_counts(load_constitution(source)), f"{source} checkers")
+        if spec.get("checkers", False) is not False:
+            raise ConfigError(f"{where}: checkers must be true or false, got {spec['checkers']!r}")
         if isinstance(spec.get("seed", 0), bool) or not isinstance(spec.get("seed", 0), int):
             raise ConfigError(f"{where}: seed must be a whole number, got {spec['seed']!r}")
         return ConstitutionalJudge(load_constitution(source), *load_lm(spec.get("model", EMBEDDED_DEFAULT)),

@@ -99,6 +99,24 @@ def test_principle_agreement_counts_only_pairs_the_checker_separates(constitutio
     assert principle_agreement(constitution, rows[2:]) == {"principle_decisive_pairs": 0, "principle_agreement": None}
 
 
+def test_the_checkers_judge_prefers_the_response_more_checkers_accept(tmp_path):
+    spec = {"name": "c", "principles": [
+        {"name": "short", "critique": "c", "revision": "r", "checker": {"word_limit": 3}},
+        {"name": "answer", "critique": "c", "revision": "r", "checker": {"required_pattern": "answer is"}},
+        {"name": "free", "critique": "c", "revision": "r"}]}
+    judge = build_judge({"constitution": write(tmp_path / "c.json", spec), "checkers": True})
+    firsts = ["answer is 4", "one two three four five", "x", "answer is seven, surely"]
+    seconds = ["answer is 4 or so, maybe", "the answer is five", "y", "four"]
+    # counts 2 vs 1, 0 vs 1, 1 vs 1 (tie), 1 vs 1 (tie)
+    verdicts = judge(["p"] * 4, firsts, seconds)
+    assert [(v.probability, v.abstained) for v in verdicts] == [(1.0, False), (0.0, False), (0.5, True), (0.5, True)]
+    with pytest.raises(ConfigError, match="checkers must be true or false"):
+        build_judge({"constitution": write(tmp_path / "c.json", spec), "checkers": "yes"})
+    unchecked = {"name": "u", "principles": [{"name": "free", "critique": "c", "revision": "r"}]}
+    with pytest.raises(ConfigError, match="no principle has a checker"):
+        build_judge({"constitution": write(tmp_path / "u.json", unchecked), "checkers": True})
+
+
 def write(path, data):
     path.write_text(json.dumps(data))
     return str(path)
