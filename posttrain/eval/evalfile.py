@@ -30,7 +30,8 @@ FORMAT_VERSION = 1
 # Trainers' files say nothing about direction: judge by the metric's last name part. Lengths, KL and the scale of a
 # single reward (chosen or rejected alone) are neither better nor worse.
 HIGHER_IS_BETTER = {"accuracy", "preference_accuracy", "reward", "reward_margin", "reward_gap", "token_accuracy",
-                    "win_rate", "word_limit_compliance", "eval_mean_return", "mean_return_100", "refusal_rate"}
+                    "win_rate", "word_limit_compliance", "eval_mean_return", "mean_return_100", "refusal_rate",
+                    "twin_accuracy"}
 LOWER_IS_BETTER = {"perplexity", "perplexity_chosen", "loss", "eval_loss", "nll_per_token", "over_refusal"}
 
 
