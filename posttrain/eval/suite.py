@@ -40,6 +40,8 @@ BUILTIN_SUITES: dict[str, list] = {
         {"metric": "reward", "rewards": LENGTH_REWARD},
         {"metric": "task_accuracy", "name": "arithmetic", "task": "arithmetic", "n": 24, "samples": 4,
          "pass_at": [1, 4], "max_new_tokens": 32},
+        # the concise constitution's checkers on the same greedy answers (one generation serves both)
+        {"metric": "constitution", "n": 24, "max_new_tokens": 32},
         "kl",
         "win_rate",
         {"metric": "preference_accuracy", "limit": 32},
@@ -54,6 +56,7 @@ BUILTIN_SUITES: dict[str, list] = {
         {"metric": "reward", "rewards": LENGTH_REWARD, "limit": 8, "max_new_tokens": 16},
         {"metric": "task_accuracy", "name": "arithmetic", "n": 4, "samples": 2, "pass_at": [1, 2],
          "max_new_tokens": 8},
+        {"metric": "constitution", "n": 4, "max_new_tokens": 8},
         {"metric": "kl", "limit": 4, "max_new_tokens": 16},
         {"metric": "win_rate", "limit": 4, "max_new_tokens": 16},
         {"metric": "preference_accuracy", "limit": 8},
