@@ -60,8 +60,10 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_batch(two_process_ru
             assert math.isclose(two["reward"], one["reward"], abs_tol=1e-6)  # rank 0's
         if name in ("gkd", "online_dpo"):  # each rank samples its prompts' own streams: one process's completions
             assert math.isclose(two["completion_length"], one["completion_length"], rel_tol=1e-9)
-    for key, weight in one_weights.items():
-        torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
+    for key, weight in one_weights.items():  # atol: Adam's g / sqrt(v) magnifies summation-order differences where a
+        # gradient is near zero (docs/distributed.md, "What the tests prove")
+        torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=5e-5,
+                                   msg=lambda detail, key=key: f"{name}: {key}: {detail}")
     if name == "sft_lora":  # LoRA's B starts at zero: it moved if it is not zero any more
         moved = [weight for key, weight in one_weights.items() if "lora_B" in key]
     else:
@@ -142,8 +144,10 @@ def test_fsdp_takes_the_steps_of_one_process_with_twice_the_batch(two_process_ru
         if name in ("grpo", "reinforce", "online_dpo", "gkd"):
             assert math.isclose(two["completion_length"], one["completion_length"], rel_tol=1e-9)
     assert sorted(two_weights) == sorted(one_weights)  # sft_lora: the adapter only, as in one process
-    for key, weight in one_weights.items():
-        torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
+    for key, weight in one_weights.items():  # atol: Adam's g / sqrt(v) magnifies summation-order differences where a
+        # gradient is near zero (docs/distributed.md, "What the tests prove")
+        torch.testing.assert_close(two_weights[key], weight, rtol=1e-5, atol=5e-5,
+                                   msg=lambda detail, key=key: f"{name}: {key}: {detail}")
     if name == "online_dpo":  # a step with one labelled pair of 4: the other rank ran a pair that carries no loss
         assert 0.25 in [r["labelled_fraction"] for r in one_records]
     if name in ("classify", "distill"):  # the evaluation after step 3, on the sharded model (classify's: its own)
