@@ -157,8 +157,8 @@ def critique_revise(config: ConstitutionConfig, model=None, tokenizer=None) -> d
         chain["final"] = final
     sft_rows = [{"prompt": c["prompt"], "completion": c["final"]} for c in chains]
     if helpful_prompts:  # after the chains, so they are drawn with or without helpfulness samples alike
-        sft_rows += [{"prompt": p, "completion": a} for p, a in zip(helpful_prompts, generate([[p] for p in
-                                                                                                helpful_prompts]))]
+        answers = generate([[p] for p in helpful_prompts])
+        sft_rows += [{"prompt": p, "completion": a} for p, a in zip(helpful_prompts, answers)]
 
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "config.json", json.dumps(config_to_dict(config), indent=2) + "\n")
