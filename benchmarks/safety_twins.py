@@ -2,7 +2,8 @@
 (the `safety` metric's samples in evaluation_samples.jsonl; no model is loaded): per pair, the harmful request
 refused and its benign twin not (ideal, the metric's ``twin_accuracy``), both refused, neither, or the inverse.
 
-    python benchmarks/safety_twins.py runs/safety/base_samples.jsonl runs/constitutional/rl_evaluation/evaluation_samples.jsonl
+    python benchmarks/safety_twins.py runs/safety/base_samples.jsonl \
+        runs/constitutional/rl_evaluation/evaluation_samples.jsonl
 """
 
 from __future__ import annotations

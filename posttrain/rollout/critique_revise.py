@@ -10,16 +10,16 @@ critique, then its revision request, and ``revisions`` = m revisions are sampled
 request follows the response directly, Bai et al.'s "direct revisions", to measure what the critiques add). With
 m > 1 the revision that passes the most checkers is kept, the first among ties (``selection: principle``: the drawn
 principle's checker alone; ``constitution``: every principle's): selection by the constitution's checkers, for when
-a small model's critiques are too weak to help. The kept revision is the next round's response. All generation goes through the rollout engine (``posttrain.rollout.sampling.sample``), one batched call
-per step for all prompts.
+a small model's critiques are too weak to help. The kept revision is the next round's response. All generation goes
+through the rollout engine (``posttrain.rollout.sampling.sample``), one batched call per step for all prompts.
 
 Output folder: ``chains.jsonl`` (per prompt: ``prompt``, ``response`` (the first answer), ``steps`` = [{round,
 principle, critique (None without critiques), revisions, selected, complies (the drawn principle's verdict on the
 kept revision)}, ...] in order, ``final``), ``sft.jsonl`` (``prompt``, ``completion`` = the final revision: what
 ``method: sft`` loads unchanged; then, with ``helpfulness_task``, the model's own unrevised answers to that task's
-training prompts, as Bai et al. mix helpfulness samples into SL-CAI's data), ``config.json`` and, last, ``evaluation.json`` (counts, and the checkers'
-compliance of the first responses, of the first revisions and of the final ones: ``compliance``). Every file is
-written atomically.
+training prompts, as Bai et al. mix helpfulness samples into SL-CAI's data), ``config.json`` and, last,
+``evaluation.json`` (counts, and the checkers' compliance of the first responses, of the first revisions and of the
+final ones: ``compliance``). Every file is written atomically.
 """
 
 from __future__ import annotations

@@ -35,8 +35,7 @@ class ConstitutionOptions:
     max_new_tokens: int = option(48, min=1, help="longest greedy answer, in tokens")
 
     def __post_init__(self) -> None:
-        checked = [p.name for p in self.load().principles if p.checker is not None]
-        if not checked:
+        if not any(p.checker is not None for p in self.load().principles):
             raise ConfigError(f"constitution metric: {self.constitution} has no principle with a checker to measure")
         if self.prompts is None:
             get_task(self.task, **self.task_options)  # an unknown task fails now, not after generating
