@@ -41,7 +41,6 @@ def main() -> None:
     constitution = load_constitution(args.constitution)
     principles = list(constitution.principles)
     drawn = {p.name: p for p in principles}
-    checked = [p for p in principles if p.checker is not None]
     chains = [json.loads(line) for line in Path(args.chains).read_text().splitlines() if line.strip()]
     groups = {"all": chains}
     if args.by_kind:
@@ -52,7 +51,7 @@ def main() -> None:
     print("|---|---|" + "---|" * len(stages))
     for group, rows in groups.items():
         texts = [stage_texts(c, principles, drawn) for c in rows]
-        for principle in checked:
+        for principle in constitution.checked:
             shares = []
             for stage in stages:
                 ok = [any(principle.complies(c["prompt"], t) for t in s[stage]) for c, s in zip(rows, texts)]

@@ -101,6 +101,16 @@ class Constitution:
     name: str
     principles: tuple[Principle, ...]
 
+    @property
+    def checked(self) -> tuple[Principle, ...]:
+        """The principles with a checker: those whose compliance can be measured."""
+        return tuple(p for p in self.principles if p.checker is not None)
+
+
+def checks_passed(principles, prompt: str, response: str) -> int:
+    """How many of the principles' checkers accept the response (a principle without a checker accepts nothing)."""
+    return sum(bool(p.complies(prompt, response)) for p in principles)
+
 
 def load_constitution(path: str | Path) -> Constitution:
     """A constitution file, checked; a ConfigError names the file and the key at fault."""
@@ -201,13 +211,11 @@ def checker_counts(constitution: Constitution) -> Callable[[list, list, list], l
     """A rule (``posttrain.rollout.judges.RuleJudge``): each response's count of the principles' checkers that accept
     it, so of two responses the one more principles accept wins and equal counts abstain. The RL stage labelled by
     the constitution itself: what the feedback model would give if it judged as the checkers measure."""
-    checked = [p for p in constitution.principles if p.checker is not None]
-    if not checked:
+    if not constitution.checked:
         raise ConfigError(f"constitution {constitution.name!r}: no principle has a checker to judge with")
 
     def counts(prompts, completions, problems=None) -> list[float]:
-        return [float(sum(bool(p.complies(prompt, text)) for p in checked))
-                for prompt, text in zip(prompts, completions)]
+        return [float(checks_passed(constitution.checked, prompt, text)) for prompt, text in zip(prompts, completions)]
     return counts
 
 

@@ -28,6 +28,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from posttrain.errors import ConfigError
 from posttrain.io import atomic_write_text
 from posttrain.models import load_model
 from posttrain.models.specs import EMBEDDED_DEFAULT
-from posttrain.rollout.constitution import Constitution, Principle, load_constitution
+from posttrain.rollout.constitution import Constitution, Principle, checks_passed, load_constitution
 from posttrain.rollout.label import load_prompts_for_labelling
 from posttrain.rollout.sampling import SamplingParams, sample
 from posttrain.tasks import get_task
@@ -91,10 +92,10 @@ def conversation_ids(tokenizer, turns: list[str]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def select_revision(principles: list[Principle], prompt: str, revisions: list[str]) -> int:
+def select_revision(principles: Sequence[Principle], prompt: str, revisions: list[str]) -> int:
     """The index of the revision the most of the principles' checkers accept, the first among ties (0 when none
     accepts any, or no principle has a checker)."""
-    passed = [sum(bool(p.complies(prompt, text)) for p in principles) for text in revisions]
+    passed = [checks_passed(principles, prompt, text) for text in revisions]
     return passed.index(max(passed))
 
 
@@ -147,8 +148,8 @@ def critique_revise(config: ConstitutionConfig, model=None, tokenizer=None) -> d
         texts = generate(turns, group_size=m)
         for i, (prompt, principle) in enumerate(zip(prompts, principles)):
             revisions = texts[i * m : (i + 1) * m]
-            selectors = [principle] if config.selection == "principle" else list(constitution.principles)
-            chosen = select_revision(selectors, prompt, revisions)
+            chosen = select_revision([principle] if config.selection == "principle" else constitution.checked,
+                                     prompt, revisions)
             chains[i]["steps"].append({"round": round_, "principle": principle.name, "critique": critiques[i],
                                        "revisions": revisions, "selected": chosen,
                                        "complies": principle.complies(prompt, revisions[chosen])})
@@ -182,9 +183,7 @@ def compliance(constitution: Constitution, chains: list[dict]) -> dict:
                "first_revision": [c["steps"][-1]["revisions"][0] if c["steps"] else c["response"] for c in chains],
                "final": [c["final"] for c in chains]}
     figures = {}
-    for principle in constitution.principles:
-        if principle.checker is None:
-            continue
+    for principle in constitution.checked:
         for key, texts in answers.items():
             ok = [principle.complies(c["prompt"], text) for c, text in zip(chains, texts)]
             figures[f"compliance/{principle.name}/{key}"] = sum(ok) / len(ok) if ok else None

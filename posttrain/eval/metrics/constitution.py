@@ -35,7 +35,7 @@ class ConstitutionOptions:
     max_new_tokens: int = option(48, min=1, help="longest greedy answer, in tokens")
 
     def __post_init__(self) -> None:
-        if not any(p.checker is not None for p in self.load().principles):
+        if not self.load().checked:
             raise ConfigError(f"constitution metric: {self.constitution} has no principle with a checker to measure")
         if self.prompts is None:
             get_task(self.task, **self.task_options)  # an unknown task fails now, not after generating
@@ -56,7 +56,7 @@ def constitution_prompts(options: ConstitutionOptions, seed: int) -> list[str]:
 
 
 def constitution(context: EvalContext, options: ConstitutionOptions) -> MetricResult:
-    principles = [p for p in options.load().principles if p.checker is not None]
+    principles = options.load().checked
     prompts = constitution_prompts(options, context.seed)
     texts = context.generate(context.policy, prompts, options.max_new_tokens).texts
     result = MetricResult(details={"constitution": options.constitution, "prompts": options.prompts or options.task})
